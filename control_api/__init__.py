@@ -1,0 +1,1 @@
+"""control_api: the aiohttp control API for payment sessions."""
