@@ -1,0 +1,288 @@
+"""The masker: a look-ahead delay line per stream, then DTMF replaced by one flat tone.
+
+Every sample leaves ``lookahead`` samples after it arrived. By then the detector has seen
+enough of what follows to know whether the sample belongs to a key press, so masking can
+start before the tone's first sample: the cross-fade into the masking tone happens in the
+guard interval *before* the tone, and no fragment of the real tone reaches the output.
+
+Sans-I/O like the detector: a batch of frames (one row per stream) in, the same-shaped batch
+of masked, delayed frames out, plus digit events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .detector import BLOCK, DetectorConfig, DtmfDetector
+from .events import DigitEnded, DigitEvent, DigitStarted
+from .tones import SAMPLE_RATE, dbm0_to_amplitude
+
+MaskStyle = Literal["tone", "silence", "noise"]
+MASK_STYLES: tuple[MaskStyle, ...] = ("tone", "silence", "noise")
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskConfig:
+    """How key presses are hidden. Times in ms, levels in dBm0."""
+
+    lookahead_ms: float = 30.0
+    style: MaskStyle = "tone"
+    # One tone for every key. 500 Hz is far enough from the 697 Hz row that a short-window
+    # decoder sees almost nothing of it in any DTMF bin, and it is not a network signalling
+    # frequency (400/425/440 are dial and call-progress tones, 2100/2600 modem and SF).
+    tone_hz: float = 500.0
+    tone_level_dbm0: float = -20.0
+    noise_level_dbm0: float = -50.0
+    crossfade_ms: float = 2.0
+    # masking extends this far before the first and after the last window that held a tone
+    guard_ms: float = 10.0
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lookahead_ms <= 500.0:
+            raise ValueError(f"lookahead_ms must be within 0..500, got {self.lookahead_ms}")
+        if self.style not in MASK_STYLES:
+            raise ValueError(f"style must be one of {', '.join(MASK_STYLES)}, got {self.style!r}")
+        if not 50.0 <= self.tone_hz <= 3900.0:
+            raise ValueError(f"tone_hz must be within 50..3900, got {self.tone_hz}")
+        if self.tone_level_dbm0 > 3.0 or self.noise_level_dbm0 > 3.0:
+            raise ValueError("masking levels must be at most +3 dBm0")
+        if not 0.0 <= self.crossfade_ms <= 20.0:
+            raise ValueError(f"crossfade_ms must be within 0..20, got {self.crossfade_ms}")
+        if not 0.0 <= self.guard_ms <= 100.0:
+            raise ValueError(f"guard_ms must be within 0..100, got {self.guard_ms}")
+
+
+def _ms(ms: float) -> int:
+    return int(round(ms * SAMPLE_RATE / 1000.0))
+
+
+class MaskingEngine:
+    """Detector + delay line + masking for many streams, processed in batches.
+
+    Output row ``i`` of ``process`` is stream ``streams[i]`` delayed by ``lookahead``
+    samples (the first ``lookahead`` output samples of a stream are silence), with every
+    DTMF tone replaced.
+    """
+
+    def __init__(self, config: MaskConfig | None = None, capacity: int = 16) -> None:
+        self.config = cfg = config or MaskConfig()
+        self.detector = DtmfDetector(cfg.detector, capacity)
+        self.lookahead = _ms(cfg.lookahead_ms)
+        self._xf = max(_ms(cfg.crossfade_ms), 1)
+        self._guard = _ms(cfg.guard_ms)
+        # the envelope reaches this far past the newest input sample
+        self._future = self._guard + self._xf + 2 * BLOCK
+        self._ramp = (np.arange(1, self._xf + 1, dtype=np.float32) / (self._xf + 1)).astype(
+            np.float32
+        )
+        self._amp = dbm0_to_amplitude(cfg.tone_level_dbm0)
+        self._noise_sigma = dbm0_to_amplitude(cfg.noise_level_dbm0) / np.sqrt(2.0)
+        self._w = 2.0 * np.pi * cfg.tone_hz / SAMPLE_RATE
+        self._rng = np.random.default_rng(0x5EED)
+        self._cap = 0
+        self._grow(max(capacity, 1))
+        self.late_mask_samples = 0  # mask that came after its samples had left: leak risk
+        self.masked_samples = 0
+
+    def _grow(self, cap: int) -> None:
+        old = self._cap
+        span = self.lookahead + self._future
+
+        def g(
+            a: npt.NDArray[np.generic] | None, shape: tuple[int, ...], dtype: type
+        ) -> npt.NDArray[np.generic]:
+            new = np.zeros((cap, *shape), dtype=dtype)
+            if a is not None and old:
+                new[:old] = a
+            return new
+
+        first = old == 0
+        self._delay = g(None if first else self._delay, (self.lookahead,), np.float32)
+        self._env = g(None if first else self._env, (span,), np.float32)
+        self._n_in = g(None if first else self._n_in, (), np.int64)
+        self._forced = g(None if first else self._forced, (), np.bool_)
+        self._cap = cap
+
+    # --- streams ------------------------------------------------------------------------
+    def add_stream(self) -> int:
+        sid = self.detector.add_stream()
+        while sid >= self._cap:
+            self._grow(self._cap * 2)
+        self._delay[sid] = 0
+        self._env[sid] = 0
+        self._n_in[sid] = 0
+        self._forced[sid] = False
+        return sid
+
+    def remove_stream(self, stream: int) -> None:
+        self.detector.remove_stream(stream)
+
+    def position(self, stream: int) -> int:
+        """Input samples received so far on ``stream``."""
+        return int(self._n_in[stream])
+
+    def force_mask(self, stream: int, start: int, end: int | None = None) -> None:
+        """Mask input samples [start, end) whatever the audio holds (an RFC 4733 event).
+
+        ``end=None`` masks from ``start`` until ``release_mask``. Positions already sent
+        (older than the look-ahead) cannot be recalled; they are counted in
+        ``late_mask_samples``.
+        """
+        if end is None:
+            self._forced[stream] = True
+            end = int(self._n_in[stream])
+        self._mark(stream, int(self._n_in[stream]), start, end)
+
+    def release_mask(self, stream: int, end: int) -> None:
+        """End an open-ended ``force_mask`` at input position ``end`` (plus the guard)."""
+        if self._forced[stream]:
+            self._forced[stream] = False
+            n_in = int(self._n_in[stream])
+            self._mark(stream, n_in, n_in - self.lookahead, end)
+
+    # --- processing ---------------------------------------------------------------------
+    def process(
+        self, streams: Sequence[int] | I64, frames: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.int16], list[DigitEvent]]:
+        sids = np.asarray(streams, dtype=np.int64).reshape(-1)
+        x = np.asarray(frames, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        s, n = x.shape
+        if s != sids.size:
+            raise ValueError(f"{s} frames for {sids.size} streams")
+        res = self.detector.process_batch(sids, x)
+        la = self.lookahead
+        if la:
+            joined = np.concatenate([self._delay[sids], x], axis=1)
+            raw = joined[:, :n]
+            self._delay[sids] = joined[:, n:]
+        else:
+            raw = x
+        env = np.concatenate([self._env[sids], np.zeros((s, n), np.float32)], axis=1)
+        n_before = self._n_in[sids].copy()
+        self._n_in[sids] = n_before + n
+        if res.mask_stream.size or res.events or self._forced[sids].any():
+            self._apply_marks(
+                sids, n_before, env, res.mask_stream, res.mask_start, res.mask_end, res.events
+            )
+        gain = env[:, :n]
+        self._env[sids] = env[:, n:]
+        rows = np.nonzero(gain.any(axis=1))[0]
+        if rows.size == 0:
+            out = raw
+        else:
+            out = raw.copy()
+            g = gain[rows]
+            out_pos = n_before[rows] - la  # absolute output index of each row's first sample
+            out[rows] = raw[rows] * (1.0 - g) + self._masking_signal(out_pos, n) * g
+            self.masked_samples += int(np.count_nonzero(g))
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16), res.events
+
+    def _masking_signal(self, start: I64, n: int) -> F32:
+        style = self.config.style
+        if style == "silence":
+            return np.zeros((start.size, n), np.float32)
+        if style == "noise":
+            return (self._rng.standard_normal((start.size, n)) * self._noise_sigma).astype(
+                np.float32
+            )
+        t = (start[:, None] + np.arange(n)[None, :]).astype(np.float64)
+        return (self._amp * np.sin(self._w * t)).astype(np.float32)
+
+    def _apply_marks(
+        self,
+        sids: I64,
+        n_before: I64,
+        env: F32,
+        m_stream: I64,
+        m_start: I64,
+        m_end: I64,
+        events: list[DigitEvent],
+    ) -> None:
+        row_of = {int(sid): i for i, sid in enumerate(sids.tolist())}
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for sid, a, b in zip(m_stream.tolist(), m_start.tolist(), m_end.tolist(), strict=True):
+            spans.setdefault(sid, []).append((a, b))
+        for ev in events:
+            if isinstance(ev, DigitEnded):
+                spans.setdefault(ev.stream, []).append((ev.start, ev.end))
+            elif isinstance(ev, DigitStarted):
+                spans.setdefault(ev.stream, []).append((ev.start, ev.start + BLOCK))
+        for i in np.nonzero(self._forced[sids])[0].tolist():
+            sid = int(sids[i])
+            spans.setdefault(sid, []).append((int(n_before[i]), int(n_before[i]) + env.shape[1]))
+        for sid, items in spans.items():
+            i = row_of[sid]
+            items.sort()
+            cur_a, cur_b = items[0]
+            for a, b in items[1:]:
+                if a <= cur_b + 2 * self._guard:
+                    cur_b = max(cur_b, b)
+                else:
+                    self._paint(env[i], int(n_before[i]), cur_a, cur_b)
+                    cur_a, cur_b = a, b
+            self._paint(env[i], int(n_before[i]), cur_a, cur_b)
+
+    def _mark(self, sid: int, n_in: int, a: int, b: int) -> None:
+        """Paint a mask span into a stream's stored envelope between calls."""
+        env = self._env[sid]
+        self._paint(env, n_in, a, b, guard=False)
+
+    def _paint(self, env: F32, n_in: int, a: int, b: int, guard: bool = True) -> None:
+        """Set the masking gain to 1 over [a - guard, b + guard) with ramps outside it.
+
+        ``env`` index 0 is input position ``n_in - lookahead``.
+        """
+        g = self._guard if guard else 0
+        origin = n_in - self.lookahead
+        lo = a - g - origin
+        hi = b + g - origin
+        xf = self._xf
+        if lo < 0:
+            self.late_mask_samples += min(hi, 0) - lo
+        size = env.shape[0]
+        lo_c, hi_c = max(lo, 0), min(hi, size)
+        if hi_c > lo_c:
+            env[lo_c:hi_c] = 1.0
+        # ramps sit outside the span so the real tone never shares a sample with a fade
+        up_lo, up_hi = max(lo - xf, 0), min(max(lo, 0), size)
+        if up_hi > up_lo:
+            r = self._ramp[up_lo - (lo - xf) : up_hi - (lo - xf)]
+            np.maximum(env[up_lo:up_hi], r, out=env[up_lo:up_hi])
+        dn_lo, dn_hi = min(max(hi, 0), size), min(max(hi + xf, 0), size)
+        if dn_hi > dn_lo:
+            r = self._ramp[::-1][dn_lo - hi : dn_hi - hi]
+            np.maximum(env[dn_lo:dn_hi], r, out=env[dn_lo:dn_hi])
+
+    def finish(self, stream: int) -> tuple[npt.NDArray[np.int16], list[DigitEvent]]:
+        """Drain ``stream``: the last ``lookahead`` samples (masked) and closing events."""
+        la = self.lookahead
+        tail = np.zeros((1, la + self._future), np.float32)
+        out, events = self.process([stream], tail)
+        events += self.detector.finish(stream)
+        return out[0, :la], events
+
+
+def mask_signal(
+    samples: npt.ArrayLike, config: MaskConfig | None = None
+) -> tuple[npt.NDArray[np.int16], list[DigitEvent]]:
+    """Mask one whole recording; the output is time-aligned with the input (delay removed)."""
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    eng = MaskingEngine(config, capacity=1)
+    sid = eng.add_stream()
+    la = eng.lookahead
+    out, events = eng.process([sid], x.reshape(1, -1))
+    tail, more = eng.finish(sid)
+    events += more
+    aligned = np.concatenate([out[0], tail])[la : la + x.size]
+    return aligned, events
