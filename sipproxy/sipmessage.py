@@ -1242,38 +1242,36 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> SipReques
 
 
 def _parse(data: bytes, *, stream: bool) -> SipRequest | SipResponse:
+    """Errors come in message order: start line, then each header field, then the body."""
     defects: list[SipDefect] = []
     start = _skip_crlf(data, 0)
     if start >= len(data):
         raise SipParseError("empty message", "§7 (start-line)", start)
-    head_end = _find_head_end(data, start)
     line_end = data.find(b"\r\n", start)
     if line_end < 0:
         raise SipParseError("start-line must end with CRLF", "§7 (start-line)", len(data))
-    if head_end < 0:
-        raise SipParseError(
-            "header section must end with an empty line (CRLFCRLF)", "§7 (CRLF)", len(data)
-        )
     line = data[start:line_end]
     bad = max(line.find(b"\r"), line.find(b"\n"))
     if bad >= 0:
         raise SipParseError("bare CR or LF in the start line", "§7.1 / §7.2", start + bad)
     if line[:1] in (b" ", b"\t"):
         raise SipParseError("start line may not begin with whitespace", "§7.1 / §7.2", start)
-    fields = _parse_fields(data, line_end + 2, head_end) if head_end > line_end else []
-    body_start = head_end + 4
-    headers = Headers()
-    for f in fields:
-        if f.name == "Content-Length":
-            continue
-        try:
-            entries = _split_field(f)
-        except SipParseError as e:
-            raise SipParseError(
-                e.description, e.rule, _value_offset(data, f, e.offset), e.status
-            ) from None
-        headers._items.extend((f.name, v) for v, _ in entries)
+    msg = _parse_start_line(line, start, defects)
 
+    head_end = _find_head_end(data, start)
+    if head_end < 0:
+        raise SipParseError(
+            "header section must end with an empty line (CRLFCRLF)", "§7 (CRLF)", len(data)
+        )
+    fields = _parse_fields(data, line_end + 2, head_end) if head_end > line_end else []
+    _check_fields(data, msg, fields, defects)
+    missing = [n for n in ("To", "From", "Call-ID", "CSeq", "Via") if n not in msg.headers]
+    if missing:
+        raise SipParseError(
+            "missing mandatory header(s): " + ", ".join(missing), "§8.1.1 / §20", start
+        )
+
+    body_start = head_end + 4
     content_length = _parse_content_length(data, fields)
     available = len(data) - body_start
     if content_length is None:
@@ -1281,11 +1279,11 @@ def _parse(data: bytes, *, stream: bool) -> SipRequest | SipResponse:
             raise SipParseError(
                 "Content-Length is mandatory on stream transports", "§18.3 / §20.14", start
             )
-        body = data[body_start:]
+        msg.body = data[body_start:]
     else:
         if content_length > available:
             raise SipParseError("Content-Length larger than the body received", "§18.3", len(data))
-        body = data[body_start : body_start + content_length]
+        msg.body = data[body_start : body_start + content_length]
         if content_length < available:
             defects.append(
                 SipDefect(
@@ -1294,8 +1292,11 @@ def _parse(data: bytes, *, stream: bool) -> SipRequest | SipResponse:
                     body_start + content_length,
                 )
             )
+    msg.defects = tuple(defects)
+    return msg
 
-    msg: SipRequest | SipResponse
+
+def _parse_start_line(line: bytes, start: int, defects: list[SipDefect]) -> SipMessage:
     if line[:4].upper() == b"SIP/":
         rule = "§7.2 / §25.1 Status-Line"
         parts = _split_start_line(line, start, defects, rule, request=False)
@@ -1313,112 +1314,114 @@ def _parse(data: bytes, *, stream: bool) -> SipRequest | SipResponse:
             reason = ""
         else:
             reason = parts[2][0].decode(_ENC, _ERRS)
-        msg = SipResponse(status, reason, headers, body, version)
-    else:
-        rule = "§7.1 / §25.1 Request-Line"
-        parts = _split_start_line(line, start, defects, rule, request=True)
-        if len(parts) != 3:
-            raise SipParseError(
-                "Request-Line must be Method SP Request-URI SP SIP-Version", rule, start + len(line)
-            )
-        (method_b, m_at), (uri_b, u_at), (vtext, v_at) = parts
-        if vtext.endswith(b" "):
-            defects.append(SipDefect("SP at the end of the Request-Line", rule, v_at))
-            vtext = vtext.rstrip(b" ")
-        if b" " in vtext:
-            raise SipParseError(
-                "Request-Line must be Method SP Request-URI SP SIP-Version (no LWS in the URI)",
-                rule,
-                v_at,
-            )
-        method = method_b.decode(_ENC, _ERRS)
-        uri = uri_b.decode(_ENC, _ERRS)
-        if not _is_token(method):
-            raise SipParseError("Method must be a token", "§25.1 Method", m_at)
-        try:
-            parse_uri(uri, request_uri=True)
-        except SipParseError as e:
-            raise SipParseError(
-                e.description, e.rule, u_at + len(uri[: e.offset].encode(_ENC, _ERRS)), e.status
-            ) from None
-        version = _parse_version(vtext, v_at)
-        msg = SipRequest(method, uri, headers, body, version)
-
-    _check_headers(data, msg, fields, start, defects)
-    msg.defects = tuple(defects)
-    return msg
-
-
-def _split_field(f: _Field) -> list[tuple[str, int]]:
-    low = f.name.lower()
-    if low not in _LIST_HEADERS or not f.value:
-        return [(f.value, 0)]
-    parts = _split_list_at(f.value)
-    if low in _STRICT_LISTS:
-        for v, at in parts:
-            if not v:
-                raise SipParseError("empty element in a comma-separated list", "§7.3.1", at)
-        return parts
-    return [(v, at) for v, at in parts if v]
-
-
-def _check_headers(
-    data: bytes, msg: SipMessage, fields: list[_Field], start: int, defects: list[SipDefect]
-) -> None:
-    missing = [n for n in ("To", "From", "Call-ID", "CSeq", "Via") if n not in msg.headers]
-    if missing:
+        return SipResponse(status, reason, Headers(), b"", version)
+    rule = "§7.1 / §25.1 Request-Line"
+    parts = _split_start_line(line, start, defects, rule, request=True)
+    if len(parts) != 3:
         raise SipParseError(
-            "missing mandatory header(s): " + ", ".join(missing), "§8.1.1 / §20", start
+            "Request-Line must be Method SP Request-URI SP SIP-Version", rule, start + len(line)
         )
-    seen: dict[str, _Field] = {}
+    (method_b, m_at), (uri_b, u_at), (vtext, v_at) = parts
+    if vtext.endswith(b" "):
+        defects.append(SipDefect("SP at the end of the Request-Line", rule, v_at))
+        vtext = vtext.rstrip(b" ")
+    if b" " in vtext:
+        raise SipParseError(
+            "Request-Line must be Method SP Request-URI SP SIP-Version (no LWS in the URI)",
+            rule,
+            v_at,
+        )
+    method = method_b.decode(_ENC, _ERRS)
+    uri = uri_b.decode(_ENC, _ERRS)
+    if not _is_token(method):
+        raise SipParseError("Method must be a token", "§25.1 Method", m_at)
+    try:
+        parse_uri(uri, request_uri=True)
+    except SipParseError as e:
+        raise SipParseError(
+            e.description, e.rule, u_at + len(uri[: e.offset].encode(_ENC, _ERRS)), e.status
+        ) from None
+    version = _parse_version(vtext, v_at)
+    return SipRequest(method, uri, Headers(), b"", version)
+
+
+def _parse_call_id(value: str) -> str:
+    for i, c in enumerate(value):
+        if c in _WS or ord(c) < 0x21 or ord(c) == 0x7F:
+            raise SipParseError('Call-ID must be word ["@" word]', "§20.8 / §25.1 callid", i)
+    if not value:
+        raise SipParseError("empty Call-ID", "§20.8 / §25.1 callid", 0)
+    return value
+
+
+def _parse_contact(value: str) -> object:
+    return value if value == "*" else parse_name_addr(value)
+
+
+# Header fields parse_message validates: the ones a B2BUA routes and matches on.
+_VALIDATORS: Final[dict[str, Callable[[str], object]]] = {
+    "call-id": _parse_call_id,
+    "cseq": parse_cseq,
+    "from": parse_name_addr,
+    "to": parse_name_addr,
+    "max-forwards": parse_max_forwards,
+    "via": parse_via,
+    "contact": _parse_contact,
+    "route": parse_name_addr,
+    "record-route": parse_name_addr,
+}
+
+
+def _check_fields(
+    data: bytes, msg: SipMessage, fields: list[_Field], defects: list[SipDefect]
+) -> None:
+    """Validate, split and store each field, in message order."""
+    seen: set[str] = set()
+    items = msg.headers._items
     for f in fields:
         low = f.name.lower()
         if low in _SINGLE:
             if low in seen:
                 raise SipParseError(f"{f.name} may appear only once", "§7.3.1", f.raw_start)
-            seen[low] = f
-
-    def reraise(f: _Field, e: SipParseError, at: int = 0) -> SipParseError:
-        return SipParseError(e.description, e.rule, _value_offset(data, f, at + e.offset), e.status)
-
-    for f in fields:
-        low = f.name.lower()
-        if low == "cseq":
-            try:
-                cseq = parse_cseq(f.value)
-            except SipParseError as e:
-                raise reraise(f, e) from None
-            if isinstance(msg, SipRequest) and cseq.method != msg.method:
-                raise SipParseError(
-                    "CSeq method must match the request method",
-                    "§8.1.1.5",
-                    _value_offset(data, f, f.value.rfind(cseq.method)),
-                )
-        elif low == "call-id":
-            if not f.value or any(c in _WS or ord(c) < 0x21 or ord(c) == 0x7F for c in f.value):
-                raise SipParseError(
-                    'Call-ID must be word ["@" word]', "§20.8 / §25.1 callid", f.raw_start
-                )
-        elif low in ("from", "to", "max-forwards"):
-            try:
-                (parse_max_forwards if low == "max-forwards" else parse_name_addr)(f.value)
-            except SipParseError as e:
-                raise reraise(f, e) from None
-        elif low in ("via", "contact"):
-            for element, at in _split_list_at(f.value):
-                if low == "contact" and element == "*":
-                    continue
-                # Re-parse the element alone so offsets inside it stay exact.
-                fn = parse_via if low == "via" else parse_name_addr
+            seen.add(low)
+        if low == "content-length":
+            continue  # framing, not content: serialize() writes it from the body
+        validate = _VALIDATORS.get(low)
+        try:
+            if low in _LIST_HEADERS and f.value:
+                elements = _split_list_at(f.value)
+                for element, at in elements:
+                    if not element and low in _STRICT_LISTS:
+                        raise SipParseError("empty element in a comma-separated list", "§7.3.1", at)
+                    if validate is not None and element:
+                        try:
+                            validate(element)
+                        except SipParseError as e:
+                            raise SipParseError(e.description, e.rule, at + e.offset) from None
+                items.extend((f.name, v) for v, _ in elements if v)
+                continue
+            if validate is not None:
+                result = validate(f.value)
+                if (
+                    isinstance(result, CSeq)
+                    and isinstance(msg, SipRequest)
+                    and result.method != msg.method
+                ):
+                    raise SipParseError(
+                        "CSeq method must match the request method",
+                        "§8.1.1.5",
+                        f.value.rfind(result.method),
+                    )
+            elif low == "date":
                 try:
-                    fn(element)
+                    parse_date(f.value)
                 except SipParseError as e:
-                    raise reraise(f, e, at) from None
-        elif low == "date":
-            try:
-                parse_date(f.value)
-            except SipParseError as e:
-                defects.append(SipDefect(e.description, e.rule, f.raw_start))
+                    defects.append(SipDefect(e.description, e.rule, f.raw_start))
+        except SipParseError as e:
+            raise SipParseError(
+                e.description, e.rule, _value_offset(data, f, e.offset), e.status
+            ) from None
+        items.append((f.name, f.value))
 
 
 # ---------------------------------------------------------------------------------------------
