@@ -207,7 +207,9 @@ def _run_mask(args: argparse.Namespace) -> int:
     try:
         config = masker.MaskConfig(lookahead_ms=args.lookahead_ms, style=args.style)
     except ValueError as exc:
-        raise CliError(f"bad masking option: {exc}") from None
+        # Name the option the way the user typed it.
+        message = str(exc).replace("lookahead_ms", "--lookahead-ms")
+        raise CliError(f"bad masking option: {message}") from None
 
     audio = _read(args.input)
     masked, events = masker.mask_signal(audio.samples, config)
