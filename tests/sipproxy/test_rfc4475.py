@@ -133,7 +133,7 @@ INTMETH = raw(
     'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" '
     "<sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>\n"
     "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.com>"
-    ';fromParam\'\'~+*_!.-%="\u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0449\u0438\u0439"'
+    ";fromParam''~+*_!.-%=\"\u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0449\u0438\u0439\""
     ";tag=_token~1'+`*%!-.\n"
     "Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{\n"
     "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~\n"
@@ -530,10 +530,13 @@ Content-Type: application/sdp
     assert data[err.offset : err.offset + 1] == b";"  # the second ';' of From's ';;'
     assert data.rfind(b"From", 0, err.offset) > 0
     # each of the three fields is refused on its own too
-    for broken in (b"Via: SIP/2.0/UDP 192.0.2.15;;,;,,", b'Contact: "Joe" <sip:joe@example.org>;;;;'):
+    for broken in (
+        b"Via: SIP/2.0/UDP 192.0.2.15;;,;,,",
+        b'Contact: "Joe" <sip:joe@example.org>;;;;',
+    ):
         fixed = data.replace(b";;tag", b";tag")
         if b"Via" in broken:
-            fixed = fixed.replace(b'<sip:joe@example.org>;;;;', b"<sip:joe@example.org>")
+            fixed = fixed.replace(b"<sip:joe@example.org>;;;;", b"<sip:joe@example.org>")
         else:
             fixed = fixed.replace(b"192.0.2.15;;,;,,", b"192.0.2.15;branch=z9hG4bK1")
         with pytest.raises(SipParseError):
@@ -589,7 +592,9 @@ From: <sip:user@example.com>;tag=239232jh3
 CSeq: 36893488147419103232 REGISTER
 Call-ID: scalar02.23o0pd9vanlq3wnrlnewofjas9ui32
 Max-Forwards: 300
-Expires: 1""" + "0" * 100 + """
+Expires: 1"""
+    + "0" * 100
+    + """
 Contact: <sip:user@host129.example.com>
   ;expires=280297596632815
 """,
