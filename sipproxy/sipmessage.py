@@ -768,7 +768,7 @@ _IPV4_RE = re.compile(
 def _valid_host(host: str) -> bool:
     if not host:
         return False
-    if host[-1].isdigit() or host.replace(".", "").isdigit():
+    if host.replace(".", "").isdigit():
         return _IPV4_RE.fullmatch(host) is not None
     return _HOSTNAME_RE.fullmatch(host) is not None
 
@@ -1131,8 +1131,27 @@ def _skip_crlf(data: bytes, i: int) -> int:
     return i
 
 
+_FIELD_RE = re.compile(rb"([!%'*+\-.0-9A-Z_`a-z~]+)[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n")
+
+
 def _parse_fields(data: bytes, start: int, end: int) -> list[_Field]:
     """Header fields between ``start`` (first header line) and ``end`` (the final CRLFCRLF)."""
+    fields: list[_Field] = []
+    limit = end + 2  # include the CRLF that ends the last line
+    pos = start
+    match = _FIELD_RE.match
+    while pos < limit:
+        m = match(data, pos, limit)
+        if m is None:
+            return _parse_fields_slowly(data, start, end)  # finds and reports the error
+        name = canonical_name(m[1].decode("ascii"))
+        fields.append(_Field(name, _unfold(m[2]), m.start(2), m.end(2)))
+        pos = m.end()
+    return fields
+
+
+def _parse_fields_slowly(data: bytes, start: int, end: int) -> list[_Field]:
+    """Line by line, to say exactly what is wrong where."""
     fields: list[_Field] = []
     if start >= end + 2:
         return fields
