@@ -21,12 +21,14 @@ does not vote). A detection is a run of consecutive votes spanning >= 8 ms.
 20) at each DTMF frequency and ±2.5 %, ±5 % off it. A window votes when the strongest row and
 column tones are above -63 dBm0, each 3 dB above the other tones of its group that are not
 its neighbours (neighbouring tones are 10 % apart, inside one bin's main lobe at 10 ms), within
-12 dB of each other, and carry >= 50 % of the window energy, clearly more than the strongest
+12 dB of each other, and carry >= 80 % of the window energy, clearly more than the strongest
 single bin between 500 and 2000 Hz (a tone between the groups lights a row and a column bin
-through their main lobes). A detection is >= 2 consecutive votes.
+through their main lobes). A detection is >= 2 consecutive votes. On its own it finds keys
+from about 15 ms; the 10 ms ones rest on ``lsq``. (At a 50 % share it would take 10 ms keys
+too, but speech then makes it fire about 150 times a minute.)
 
-Consecutive votes may flip between keypad neighbours (a tone 5 % off lies nearly halfway to
-the next one); a run is reported as its most frequent key.
+Consecutive votes may flip between keypad neighbours, diagonals included (a tone 5 % off lies
+nearly halfway to the next one); a run is reported as its most frequent key.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ GOERTZEL_OFFSETS = tuple(np.linspace(-0.05, 0.05, 9).tolist())  # 1.25 % steps
 GOERTZEL_SINGLE_GRID = (500.0, 2000.0, 12.5)  # where one tone can light both groups' bins
 GOERTZEL_MIN_GAIN_OVER_SINGLE = 0.03
 GOERTZEL_DOMINANCE = 2.0  # 3 dB
-GOERTZEL_MIN_SHARE = 0.5
+GOERTZEL_MIN_SHARE = 0.8  # 0.5 gave ~150 false keys per minute of speech
 GOERTZEL_MIN_RUN = 2
 
 CHUNK_WINDOWS = 8192
@@ -301,7 +303,9 @@ def _runs(votes: WindowVotes, method: Method, min_windows: int, min_span: int) -
     on = key >= 0
     r, c = key // 4, key % 4
     compatible = np.zeros(key.size, dtype=bool)  # window i continues the run of window i-1
-    compatible[1:] = on[1:] & on[:-1] & (np.abs(r[1:] - r[:-1]) + np.abs(c[1:] - c[:-1]) <= 1)
+    compatible[1:] = (
+        on[1:] & on[:-1] & (np.abs(r[1:] - r[:-1]) <= 1) & (np.abs(c[1:] - c[:-1]) <= 1)
+    )
     starts = np.flatnonzero(on & ~compatible)
     stops = np.flatnonzero(on & ~np.append(compatible[1:], False)) + 1  # exclusive
     out: list[Detection] = []
