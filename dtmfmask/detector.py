@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +31,18 @@ from .events import DigitEnded, DigitEvent, DigitStarted
 from .tones import COL_FREQS, FULL_SCALE, FULL_SCALE_DBM0, KEYPAD, ROW_FREQS, SAMPLE_RATE
 
 BLOCK = 40  # samples per sub-block (5 ms): the detector's time grid
-_FREQS = np.array(ROW_FREQS + COL_FREQS, dtype=np.float64)
+# Bins 0-7 are the eight DTMF frequencies. Bins 8-15 sit 4 % below and above each column
+# tone: a 10 ms window cannot measure a column tone 5 % off (80 Hz at 1633 Hz, near its
+# first null) from the nominal bin alone, and such tones are still readable as keys.
+_COL_SIDE = 0.04
+_FREQS = np.array(
+    ROW_FREQS
+    + COL_FREQS
+    + tuple(f * (1.0 - _COL_SIDE) for f in COL_FREQS)
+    + tuple(f * (1.0 + _COL_SIDE) for f in COL_FREQS),
+    dtype=np.float64,
+)
+NBINS = _FREQS.size
 _W0 = 2.0 * np.pi * _FREQS / SAMPLE_RATE
 _DIGIT_OF = np.array([KEYPAD[r][c] for r in range(4) for c in range(4)])
 
@@ -55,13 +67,13 @@ class DetectorConfig:
     # loose: mask whatever any decoder could read
     mask_min_level_dbm0: float = -55.0
     mask_max_twist_db: float = 16.0
-    mask_freq_tolerance: float = 0.065
-    mask_min_tone_ratio: float = 0.80
-    mask_max_half_imbalance_db: float = 6.0
+    mask_freq_tolerance_hz: float = 55.0  # what a 5-10 ms window can still read as a key
+    mask_min_tone_ratio: float = 0.93
+    mask_max_half_imbalance_db: float = 3.0
     # short bursts: a 10 ms window that is only partly filled, one of whose 5 ms halves is
     # almost nothing but the two tones
     burst_min_window_ratio: float = 0.45
-    burst_min_half_ratio: float = 0.90
+    burst_min_half_ratio: float = 0.97
     burst_max_half_imbalance_db: float = 14.0
 
     def strict(self) -> _Limits:
@@ -79,9 +91,10 @@ class DetectorConfig:
             self.mask_min_level_dbm0,
             self.mask_max_twist_db,
             self.mask_max_twist_db,
-            self.mask_freq_tolerance,
+            self.mask_freq_tolerance_hz,
             self.mask_min_tone_ratio,
             self.mask_max_half_imbalance_db,
+            in_hz=True,
         )
 
     def burst(self) -> _Limits:
@@ -89,21 +102,43 @@ class DetectorConfig:
             self.mask_min_level_dbm0,
             self.mask_max_twist_db,
             self.mask_max_twist_db,
-            self.mask_freq_tolerance,
+            self.mask_freq_tolerance_hz,
             self.burst_min_window_ratio,
             self.burst_max_half_imbalance_db,
+            in_hz=True,
         )
 
 
 def _basis() -> F32:
     n = np.arange(BLOCK, dtype=np.float64)[:, None]
-    # columns: cos for 8 freqs, then -sin for 8 freqs: x @ basis = Re, Im of the DFT
-    return np.concatenate([np.cos(_W0 * n), -np.sin(_W0 * n)], axis=1).astype(np.float32)
+    # columns alternate cos and -sin per frequency: x @ basis = Re, Im of the DFT, laid out
+    # as complex64
+    out = np.empty((BLOCK, 2 * NBINS), dtype=np.float32)
+    out[:, 0::2] = np.cos(_W0 * n)
+    out[:, 1::2] = -np.sin(_W0 * n)
+    return out
 
 
 _BASIS = _basis()
+# rows: cos for every bin, then -sin for every bin (real and imaginary parts of the DFT)
+_BASIS_T = np.ascontiguousarray(np.concatenate([_BASIS[:, 0::2], _BASIS[:, 1::2]], axis=1).T)
+
+
+def _as_complex(ri: npt.NDArray[np.float32]) -> C64:
+    """(2, NBINS, s, n) real/imaginary planes -> (s, n, NBINS) complex64."""
+    out: C64 = (ri[0] + 1j * ri[1]).astype(np.complex64).transpose(1, 2, 0)
+    return out
+
+
+# gate: two bins must hold this share of a 10 ms window's energy (a key 5 % off frequency
+# with 10 dB twist keeps about half), and the window must not be near-silence (about
+# -60 dBm0 for one tone)
+_GATE_SHARE = 0.4
+_GATE_FLOOR = 2.0e4
 _ROT = np.exp(-1j * _W0 * BLOCK).astype(np.complex64)  # phase of f0 over one sub-block
 _ROT2 = (_ROT * _ROT).astype(np.complex64)
+_ROT_RE = _ROT.real.astype(np.float32)[:, None, None]
+_ROT_IM = _ROT.imag.astype(np.float32)[:, None, None]
 _ROT3 = (_ROT2 * _ROT).astype(np.complex64)
 
 
@@ -115,10 +150,10 @@ def _pair_gram_inverse(n: int) -> npt.NDArray[np.float64]:
     image) from the other tone's bin.
     """
     m = np.arange(n, dtype=np.float64)
-    out = np.zeros((4, 4, 4, 4))
+    out = np.zeros((4, NBINS - 4, 4, 4))
     for r in range(4):
-        for c in range(4):
-            w = (_W0[r], _W0[4 + c])
+        for c in range(NBINS - 4):
+            w = (_W0[r], _W0[4 + c])  # c spans the nominal and the side column bins
             basis = np.stack(
                 [np.cos(w[0] * m), np.sin(w[0] * m), np.cos(w[1] * m), np.sin(w[1] * m)]
             )
@@ -161,7 +196,8 @@ def _leak(df: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
     num = np.sin(n * x)
     den = n * np.sin(np.where(small, 1.0, x))
     out: npt.NDArray[np.float64] = np.where(small, 1.0, np.abs(num / den))
-    return np.maximum(out, 1e-3)
+    # beyond the first null the correction would only amplify noise
+    return np.maximum(out, 0.3)
 
 
 def _amp_to_power(
@@ -177,9 +213,10 @@ class _Limits:
     min_level_dbm0: float
     max_normal_twist_db: float
     max_reverse_twist_db: float
-    freq_tolerance: float
+    freq_tolerance: float  # fraction of the nominal frequency, or Hz when ``in_hz``
     min_tone_ratio: float
     max_half_imbalance_db: float
+    in_hz: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +227,10 @@ class _Measure:
     half_ratio: npt.NDArray[np.float64]  # the better of the two halves' shares
     lvl_row: npt.NDArray[np.float64]
     lvl_col: npt.NDArray[np.float64]
-    rel_df_row: npt.NDArray[np.float64]  # fractional frequency offsets
-    rel_df_col: npt.NDArray[np.float64]
+    df_row: npt.NDArray[np.float64]  # frequency offsets, Hz
+    df_col: npt.NDArray[np.float64]
+    f_row: npt.NDArray[np.float64]
+    f_col: npt.NDArray[np.float64]
     imbalance_db: npt.NDArray[np.float64]  # worst tone-energy difference between the halves
 
     def accept(self, lim: _Limits) -> npt.NDArray[np.bool_]:
@@ -202,8 +241,14 @@ class _Measure:
             & (self.lvl_col >= lim.min_level_dbm0)
             & (twist <= lim.max_normal_twist_db)
             & (twist >= -lim.max_reverse_twist_db)
-            & (np.abs(self.rel_df_row) <= lim.freq_tolerance)
-            & (np.abs(self.rel_df_col) <= lim.freq_tolerance)
+            & (
+                np.abs(self.df_row)
+                <= (lim.freq_tolerance if lim.in_hz else lim.freq_tolerance * self.f_row)
+            )
+            & (
+                np.abs(self.df_col)
+                <= (lim.freq_tolerance if lim.in_hz else lim.freq_tolerance * self.f_col)
+            )
             & (self.imbalance_db <= lim.max_half_imbalance_db)
         )
         return ok
@@ -276,8 +321,10 @@ def _measure(
         half_ratio=half_ratio,
         lvl_row=_level(p_row, n),
         lvl_col=_level(p_col, n),
-        rel_df_row=df_row / f_row,
-        rel_df_col=df_col / f_col,
+        df_row=df_row,
+        df_col=df_col,
+        f_row=f_row,
+        f_col=f_col,
         imbalance_db=10.0 * imb,
     )
 
@@ -300,6 +347,21 @@ class DtmfDetector:
     frames of any length are accepted, and the detector keeps each stream's partial sub-block.
     """
 
+    # per-stream state, indexed by stream id (grown by doubling)
+    _hist_ri: npt.NDArray[np.float32]
+    _hist_t: npt.NDArray[np.float32]
+    _hist_tonal: npt.NDArray[np.bool_]
+    _pend: npt.NDArray[np.float32]
+    _pend_len: I64
+    _blocks: I64
+    _cur: I64
+    _cur_start: I64
+    _last_hit_end: I64
+    _run_digit: I64
+    _run_len: I64
+    _run_start: I64
+    _misses: I64
+
     def __init__(self, config: DetectorConfig | None = None, capacity: int = 16) -> None:
         self.config = config or DetectorConfig()
         self._strict = self.config.strict()
@@ -316,15 +378,19 @@ class DtmfDetector:
 
         def g(
             a: npt.NDArray[np.generic] | None, shape: tuple[int, ...], dtype: type, fill: float = 0
-        ) -> npt.NDArray[np.generic]:
-            new = np.full((cap, *shape), fill, dtype=dtype)
+        ) -> Any:
+            new: Any = np.full((cap, *shape), fill, dtype=dtype)
             if a is not None and old:
                 new[:old] = a
             return new
 
         first = old == 0
-        self._hist_c = g(None if first else self._hist_c, (3, 8), np.complex64)
+        ri = np.zeros((2, NBINS, cap, 3), dtype=np.float32)
+        if not first:
+            ri[:, :, :old] = self._hist_ri
+        self._hist_ri = ri
         self._hist_t = g(None if first else self._hist_t, (3,), np.float32)
+        self._hist_tonal = g(None if first else self._hist_tonal, (3,), np.bool_)
         self._pend = g(None if first else self._pend, (BLOCK,), np.float32)
         self._pend_len = g(None if first else self._pend_len, (), np.int64)
         self._blocks = g(None if first else self._blocks, (), np.int64)  # sub-blocks seen
@@ -349,8 +415,9 @@ class DtmfDetector:
         return sid
 
     def _reset(self, sid: int) -> None:
-        self._hist_c[sid] = 0
+        self._hist_ri[:, :, sid] = 0
         self._hist_t[sid] = 0
+        self._hist_tonal[sid] = False
         self._pend_len[sid] = 0
         self._blocks[sid] = 0
         self._cur[sid] = -1
@@ -406,23 +473,78 @@ class DtmfDetector:
         return res
 
     def _run(self, sids: I64, blocks: F32) -> BatchResult:
-        cfg = self.config
-        s, k, _ = blocks.shape
-        flat = blocks.reshape(s * k, BLOCK)
-        re_im = flat @ _BASIS
-        c_new = (re_im[:, :8] + 1j * re_im[:, 8:]).astype(np.complex64).reshape(s, k, 8)
-        t_new = np.einsum("ij,ij->i", flat, flat).reshape(s, k)
-        c = np.concatenate([self._hist_c[sids], c_new], axis=1)  # (s, k+3, 8)
-        t = np.concatenate([self._hist_t[sids], t_new], axis=1).astype(np.float64)
-        self._hist_c[sids] = c[:, -3:]
-        self._hist_t[sids] = t[:, -3:]
-        base = self._blocks[sids].copy()  # absolute index of the first new sub-block
-        self._blocks[sids] = base + k
+        s_all, k, _ = blocks.shape
+        flat = blocks.reshape(s_all * k, BLOCK)
+        # Bins on the outer axis: per-bin arrays are contiguous, so the reductions over the
+        # bins below are elementwise maxima of whole arrays instead of short inner loops.
+        ri = (_BASIS_T @ flat.T).reshape(2, NBINS, s_all, k)  # real, imaginary
+        t_new = np.einsum("ij,ij->i", flat, flat).reshape(s_all, k)
+        hist = self._hist_ri[:, :, sids]  # (2, NBINS, s, 3)
+        # Gate: a 10 ms window can hold a key only if two bins (one per group) hold a good part
+        # of its energy. Speech and silence mostly stop here, so the window analysis below
+        # runs only on the few streams that have something tone-like.
+        prev = np.concatenate([hist[..., 2:], ri], axis=3)  # (2, NBINS, s, k+1)
+        a_re, a_im = prev[0, ..., :k], prev[1, ..., :k]
+        b_re, b_im = prev[0, ..., 1:], prev[1, ..., 1:]
+        w_re = a_re + b_re * _ROT_RE - b_im * _ROT_IM
+        w_im = a_im + b_re * _ROT_IM + b_im * _ROT_RE
+        pw = w_re * w_re + w_im * w_im
+        two = pw[:4].max(axis=0) + pw[4:].max(axis=0)
+        t_prev = np.concatenate([self._hist_t[sids][:, 2:], t_new], axis=1)
+        t10 = t_prev[:, :k] + t_prev[:, 1:]
+        tonal_new = (two * (2.0 / (2 * BLOCK)) >= _GATE_SHARE * t10) & (t10 >= _GATE_FLOOR)
+        # a 20 ms window is looked at when either of its 10 ms halves passed (or the one
+        # straddling them)
+        tonal = np.concatenate([self._hist_tonal[sids], tonal_new], axis=1)  # (s, k+3)
+        gate20 = tonal[:, 1 : k + 1] | tonal[:, 2 : k + 2] | tonal[:, 3 : k + 3]
+        base_all = self._blocks[sids].copy()  # absolute index of the first new sub-block
+        self._blocks[sids] = base_all + k
+        rows = np.flatnonzero(gate20.any(axis=1))
+        hist_t = self._hist_t[sids[rows]] if rows.size else None
+        if k >= 3:
+            self._hist_ri[:, :, sids] = ri[..., k - 3 :]
+            self._hist_t[sids] = t_new[:, k - 3 :]
+        else:
+            self._hist_ri[:, :, sids] = np.concatenate([hist[..., k:], ri], axis=3)
+            self._hist_t[sids] = np.concatenate([self._hist_t[sids][:, k:], t_new], axis=1)
+        self._hist_tonal[sids] = tonal[:, -3:]
+        strict_all = np.full((s_all, k), -1, dtype=np.int64)
+        if hist_t is None:
+            events = self._advance(sids, base_all, strict_all)
+            return BatchResult(events, *(np.zeros(0, np.int64),) * 3)
+        strict_sub, mask = self._windows(
+            sids[rows],
+            base_all[rows],
+            _as_complex(np.concatenate([hist[:, :, rows], ri[:, :, rows]], axis=3)),
+            np.concatenate([hist_t, t_new[rows]], axis=1).astype(np.float64),
+            gate20[rows],
+            tonal_new[rows],
+        )
+        strict_all[rows] = strict_sub
+        events = self._advance(sids, base_all, strict_all)
+        return BatchResult(events, *mask)
 
+    def _windows(
+        self,
+        sids: I64,
+        base: I64,
+        c: C64,
+        t: npt.NDArray[np.float64],
+        gate20: npt.NDArray[np.bool_],
+        gate10: npt.NDArray[np.bool_],
+    ) -> tuple[I64, tuple[I64, I64, I64]]:
+        """Analyse the 20 ms and 10 ms windows ending at each new sub-block.
+
+        ``c``/``t`` hold three sub-blocks of history then the new ones. Returns the strict
+        digit index per window (-1 for none) and the mask triggers.
+        """
+        cfg = self.config
+        s, k = gate20.shape
         c0, c1, c2, c3 = c[:, 0:k], c[:, 1 : k + 1], c[:, 2 : k + 2], c[:, 3 : k + 3]
-        h1 = c0 + c1 * _ROT  # first 10 ms half of the 20 ms window ending at each new block
+        # 20 ms windows use the nominal bins only; 10 ms windows all of them
+        h1 = c0[..., :8] + c1[..., :8] * _ROT[:8]  # first 10 ms half of the 20 ms window
         h2 = c2 + c3 * _ROT  # second half; also the 10 ms loose window
-        x20 = h1 + h2 * _ROT2
+        x20 = h1 + h2[..., :8] * _ROT2[:8]
         t20 = t[:, 0:k] + t[:, 1 : k + 1] + t[:, 2 : k + 2] + t[:, 3 : k + 3]
         t10 = t[:, 2 : k + 2] + t[:, 3 : k + 3]
         p20 = x20.real**2 + x20.imag**2
@@ -437,10 +559,10 @@ class DtmfDetector:
         pc10 = np.take_along_axis(p10, col10[..., None], -1)[..., 0]
         # Cheap pre-filter: a DTMF pair puts most of the window's energy in two bins even
         # before the roll-off correction (which is at most ~0.17 within the loose tolerance).
-        cand20 = (pr20 + pc20) * (2.0 / 160.0) >= 0.12 * t20
-        cand10 = (pr10 + pc10) * (2.0 / 80.0) >= 0.08 * t10
-        cand20 &= t20 > 1.0
-        cand10 &= t10 > 1.0
+        cand20 = (pr20 + pc20) * (2.0 / 160.0) >= 0.3 * t20
+        cand10 = (pr10 + pc10) * (2.0 / 80.0) >= 0.25 * t10
+        cand20 &= gate20
+        cand10 &= gate10
 
         strict_digit = np.full((s, k), -1, dtype=np.int64)
         loose = np.zeros((s, k), dtype=np.bool_)
@@ -493,18 +615,16 @@ class DtmfDetector:
         ms: list[I64] = []
         mst: list[I64] = []
         men: list[I64] = []
-        strict_any = strict_digit >= 0
-        for hits, span in ((loose | strict_any, 4), (loose10, 2)):
+        for hits, span in ((loose | (strict_digit >= 0), 4), (loose10, 2)):
             ii, jj = np.nonzero(hits)
             if ii.size:
                 end_block = base[ii] + jj + 1
                 ms.append(sids[ii])
                 mst.append((end_block - span) * BLOCK)
                 men.append(end_block * BLOCK)
-        events = self._advance(sids, base, strict_digit)
         if ms:
-            return BatchResult(events, np.concatenate(ms), np.concatenate(mst), np.concatenate(men))
-        return BatchResult(events, *(np.zeros(0, np.int64),) * 3)
+            return strict_digit, (np.concatenate(ms), np.concatenate(mst), np.concatenate(men))
+        return strict_digit, (np.zeros(0, np.int64),) * 3
 
     def _advance(self, sids: I64, base: I64, strict_digit: I64) -> list[DigitEvent]:
         """Run the per-stream digit state machine over this batch's windows."""

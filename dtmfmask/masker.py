@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from .detector import BLOCK, DetectorConfig, DtmfDetector
+from .detector import BLOCK, BatchResult, DetectorConfig, DtmfDetector
 from .events import DigitEnded, DigitEvent, DigitStarted
 from .tones import SAMPLE_RATE, dbm0_to_amplitude
 
@@ -43,7 +43,7 @@ class MaskConfig:
     noise_level_dbm0: float = -50.0
     crossfade_ms: float = 2.0
     # masking extends this far before the first and after the last window that held a tone
-    guard_ms: float = 10.0
+    guard_ms: float = 5.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     def __post_init__(self) -> None:
@@ -62,7 +62,7 @@ class MaskConfig:
 
 
 def _ms(ms: float) -> int:
-    return int(round(ms * SAMPLE_RATE / 1000.0))
+    return round(ms * SAMPLE_RATE / 1000.0)
 
 
 class MaskingEngine:
@@ -72,6 +72,13 @@ class MaskingEngine:
     samples (the first ``lookahead`` output samples of a stream are silence), with every
     DTMF tone replaced.
     """
+
+    _delay: npt.NDArray[np.int16]
+    _env: F32
+    _n_in: I64
+    _forced: npt.NDArray[np.bool_]
+    _env_on: npt.NDArray[np.bool_]
+    _row_of: I64
 
     def __init__(self, config: MaskConfig | None = None, capacity: int = 16) -> None:
         self.config = cfg = config or MaskConfig()
@@ -97,19 +104,19 @@ class MaskingEngine:
         old = self._cap
         span = self.lookahead + self._future
 
-        def g(
-            a: npt.NDArray[np.generic] | None, shape: tuple[int, ...], dtype: type
-        ) -> npt.NDArray[np.generic]:
-            new = np.zeros((cap, *shape), dtype=dtype)
+        def g(a: npt.NDArray[np.generic] | None, shape: tuple[int, ...], dtype: type) -> Any:
+            new: Any = np.zeros((cap, *shape), dtype=dtype)
             if a is not None and old:
                 new[:old] = a
             return new
 
         first = old == 0
-        self._delay = g(None if first else self._delay, (self.lookahead,), np.float32)
+        self._delay = g(None if first else self._delay, (self.lookahead,), np.int16)
         self._env = g(None if first else self._env, (span,), np.float32)
         self._n_in = g(None if first else self._n_in, (), np.int64)
         self._forced = g(None if first else self._forced, (), np.bool_)
+        self._env_on = g(None if first else self._env_on, (), np.bool_)
+        self._row_of = g(None if first else self._row_of, (), np.int64)
         self._cap = cap
 
     # --- streams ------------------------------------------------------------------------
@@ -121,6 +128,7 @@ class MaskingEngine:
         self._env[sid] = 0
         self._n_in[sid] = 0
         self._forced[sid] = False
+        self._env_on[sid] = False
         return sid
 
     def remove_stream(self, stream: int) -> None:
@@ -154,75 +162,81 @@ class MaskingEngine:
         self, streams: Sequence[int] | I64, frames: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.int16], list[DigitEvent]]:
         sids = np.asarray(streams, dtype=np.int64).reshape(-1)
-        x = np.asarray(frames, dtype=np.float32)
+        x = np.asarray(frames)
         if x.ndim == 1:
             x = x.reshape(1, -1)
         s, n = x.shape
         if s != sids.size:
             raise ValueError(f"{s} frames for {sids.size} streams")
+        if x.dtype != np.int16:
+            x = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
         res = self.detector.process_batch(sids, x)
         la = self.lookahead
+        # Unmasked audio leaves exactly as it came in, so the delay line holds int16.
         if la:
             joined = np.concatenate([self._delay[sids], x], axis=1)
-            raw = joined[:, :n]
+            out = joined[:, :n]
             self._delay[sids] = joined[:, n:]
         else:
-            raw = x
-        env = np.concatenate([self._env[sids], np.zeros((s, n), np.float32)], axis=1)
+            out = x.copy()
         n_before = self._n_in[sids].copy()
         self._n_in[sids] = n_before + n
-        if res.mask_stream.size or res.events or self._forced[sids].any():
-            self._apply_marks(
-                sids, n_before, env, res.mask_stream, res.mask_start, res.mask_end, res.events
-            )
-        gain = env[:, :n]
-        self._env[sids] = env[:, n:]
-        rows = np.nonzero(gain.any(axis=1))[0]
+        marked = res.mask_stream.size or res.events
+        rows = np.flatnonzero(self._env_on[sids] | self._forced[sids])
+        if marked:
+            self._row_of[sids] = np.arange(s)
+            extra = np.array([ev.stream for ev in res.events], dtype=np.int64)
+            rows = np.union1d(rows, self._row_of[np.concatenate([res.mask_stream, extra])])
         if rows.size == 0:
-            out = raw
-        else:
-            out = raw.copy()
-            g = gain[rows]
-            out_pos = n_before[rows] - la  # absolute output index of each row's first sample
-            out[rows] = raw[rows] * (1.0 - g) + self._masking_signal(out_pos, n) * g
+            return out, res.events
+        # only streams that are masking, or about to, carry an envelope through this call
+        rs = sids[rows]
+        env = np.concatenate([self._env[rs], np.zeros((rows.size, n), np.float32)], axis=1)
+        self._apply_marks(rows, rs, n_before[rows], env, res)
+        gain = env[:, :n]
+        self._env[rs] = env[:, n:]
+        self._env_on[rs] = env[:, n:].any(axis=1)
+        on = np.flatnonzero(gain.any(axis=1))
+        if on.size:
+            g = gain[on]
+            r = rows[on]
+            out_pos = n_before[r] - la  # absolute output index of each row's first sample
+            mixed = out[r] * (1.0 - g) + self._masking_signal(out_pos, n) * g
+            out[r] = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             self.masked_samples += int(np.count_nonzero(g))
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16), res.events
+        return out, res.events
 
     def _masking_signal(self, start: I64, n: int) -> F32:
         style = self.config.style
         if style == "silence":
             return np.zeros((start.size, n), np.float32)
         if style == "noise":
-            return (self._rng.standard_normal((start.size, n)) * self._noise_sigma).astype(
+            noise: F32 = (self._rng.standard_normal((start.size, n)) * self._noise_sigma).astype(
                 np.float32
             )
+            return noise
         t = (start[:, None] + np.arange(n)[None, :]).astype(np.float64)
         return (self._amp * np.sin(self._w * t)).astype(np.float32)
 
-    def _apply_marks(
-        self,
-        sids: I64,
-        n_before: I64,
-        env: F32,
-        m_stream: I64,
-        m_start: I64,
-        m_end: I64,
-        events: list[DigitEvent],
-    ) -> None:
-        row_of = {int(sid): i for i, sid in enumerate(sids.tolist())}
+    def _apply_marks(self, rows: I64, rs: I64, n_before: I64, env: F32, res: BatchResult) -> None:
+        """Paint this call's mask spans into the envelopes of the streams in ``rows``."""
         spans: dict[int, list[tuple[int, int]]] = {}
-        for sid, a, b in zip(m_stream.tolist(), m_start.tolist(), m_end.tolist(), strict=True):
+        for sid, a, b in zip(
+            res.mask_stream.tolist(), res.mask_start.tolist(), res.mask_end.tolist(), strict=True
+        ):
             spans.setdefault(sid, []).append((a, b))
-        for ev in events:
+        for ev in res.events:
             if isinstance(ev, DigitEnded):
                 spans.setdefault(ev.stream, []).append((ev.start, ev.end))
             elif isinstance(ev, DigitStarted):
                 spans.setdefault(ev.stream, []).append((ev.start, ev.start + BLOCK))
-        for i in np.nonzero(self._forced[sids])[0].tolist():
-            sid = int(sids[i])
-            spans.setdefault(sid, []).append((int(n_before[i]), int(n_before[i]) + env.shape[1]))
+        local = {int(sid): i for i, sid in enumerate(rs.tolist())}
+        for i in np.flatnonzero(self._forced[rs]).tolist():
+            spans.setdefault(int(rs[i]), []).append(
+                (int(n_before[i]), int(n_before[i]) + env.shape[1])
+            )
         for sid, items in spans.items():
-            i = row_of[sid]
+            i = local[sid]
             items.sort()
             cur_a, cur_b = items[0]
             for a, b in items[1:]:
@@ -237,6 +251,7 @@ class MaskingEngine:
         """Paint a mask span into a stream's stored envelope between calls."""
         env = self._env[sid]
         self._paint(env, n_in, a, b, guard=False)
+        self._env_on[sid] = bool(env.any())
 
     def _paint(self, env: F32, n_in: int, a: int, b: int, guard: bool = True) -> None:
         """Set the masking gain to 1 over [a - guard, b + guard) with ramps outside it.
@@ -274,15 +289,26 @@ class MaskingEngine:
 
 
 def mask_signal(
-    samples: npt.ArrayLike, config: MaskConfig | None = None
+    samples: npt.ArrayLike, config: MaskConfig | None = None, frame_ms: float = 20.0
 ) -> tuple[npt.NDArray[np.int16], list[DigitEvent]]:
-    """Mask one whole recording; the output is time-aligned with the input (delay removed)."""
+    """Mask one whole recording; the output is time-aligned with the input (delay removed).
+
+    The recording is fed in ``frame_ms`` frames, as RTP would bring it, so the look-ahead
+    behaves exactly as it does on a live call.
+    """
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
     eng = MaskingEngine(config, capacity=1)
     sid = eng.add_stream()
     la = eng.lookahead
-    out, events = eng.process([sid], x.reshape(1, -1))
+    step = max(_ms(frame_ms), 1)
+    outs: list[npt.NDArray[np.int16]] = []
+    events: list[DigitEvent] = []
+    for i in range(0, x.size, step):
+        out, ev = eng.process([sid], x[i : i + step].reshape(1, -1))
+        outs.append(out[0])
+        events += ev
     tail, more = eng.finish(sid)
+    outs.append(tail)
     events += more
-    aligned = np.concatenate([out[0], tail])[la : la + x.size]
+    aligned = np.concatenate(outs)[la : la + x.size]
     return aligned, events

@@ -37,11 +37,11 @@ def key_freqs(digit: str) -> tuple[float, float]:
 
 def dbm0_to_amplitude(level_dbm0: float) -> float:
     """Peak amplitude (16-bit linear units) of a sine at ``level_dbm0``."""
-    return FULL_SCALE * 10.0 ** ((level_dbm0 - FULL_SCALE_DBM0) / 20.0)
+    return float(FULL_SCALE * 10.0 ** ((level_dbm0 - FULL_SCALE_DBM0) / 20.0))
 
 
 def amplitude_to_dbm0(amplitude: float) -> float:
-    return FULL_SCALE_DBM0 + 20.0 * np.log10(max(amplitude, 1e-12) / FULL_SCALE)
+    return float(FULL_SCALE_DBM0 + 20.0 * np.log10(max(amplitude, 1e-12) / FULL_SCALE))
 
 
 def power_to_dbm0(mean_square: float) -> float:
