@@ -588,7 +588,7 @@ def _sweep(gen: np.random.Generator, n: int, fast: bool) -> tuple[str, Signal]:
     out = np.sin(phase)
     # a weak second harmonic where it cannot form a key's pair with the fundamental
     if gen.integers(0, 2):
-        ok = ~(_near(freq, ROW_FREQS) & _near(2 * freq, COL_FREQS))
+        ok = ~(_near(freq, ROW_FREQS, 0.08) & _near(2 * freq, COL_FREQS, 0.08))
         out += 0.3 * np.sin(2 * phase) * ok * (2 * freq < 3800)
     kind = "fast" if fast else "slow"
     return f"sweep/{kind}/{lo:.0f}-{hi:.0f}Hz", out * _envelope(n, 80, 80)
