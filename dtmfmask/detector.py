@@ -59,11 +59,15 @@ class DetectorConfig:
     min_level_dbm0: float = -41.0  # accept -36 and above, reject -45 and below
     max_normal_twist_db: float = 10.0  # high tone weaker than the low tone
     max_reverse_twist_db: float = 6.0  # high tone stronger
-    freq_tolerance: float = 0.025  # accept ±1.5 %, reject ±3.5 %
-    min_tone_ratio: float = 0.85  # the two tones' share of the window's energy
+    freq_tolerance: float = 0.020  # accept ±1.5 %, reject ±3.5 %
+    # Both tones off by nearly the tolerance in opposite directions is how harmonics of a
+    # high-pitched voice (3rd and 4th of 307 Hz: 921 and 1228 Hz) pass as '*': a real
+    # generator's two tones are at most ±1.5 % each, so at most 3 % apart in ratio.
+    max_pair_spread: float = 0.033
+    min_tone_ratio: float = 0.75  # the two tones' share of the window's energy
     max_half_imbalance_db: float = 3.0  # tone energy in the two 10 ms halves
     hits_to_start: int = 3  # consecutive 20 ms windows at 5 ms hop (≈30 ms of tone)
-    misses_to_end: int = 3
+    misses_to_end: int = 6  # 30 ms: a 40 ms gap splits, a 10 ms interruption does not
     # loose: mask whatever any decoder could read
     mask_min_level_dbm0: float = -55.0
     mask_max_twist_db: float = 16.0
@@ -84,6 +88,7 @@ class DetectorConfig:
             self.freq_tolerance,
             self.min_tone_ratio,
             self.max_half_imbalance_db,
+            max_pair_spread=self.max_pair_spread,
         )
 
     def loose(self) -> _Limits:
@@ -217,6 +222,7 @@ class _Limits:
     min_tone_ratio: float
     max_half_imbalance_db: float
     in_hz: bool = False
+    max_pair_spread: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +256,7 @@ class _Measure:
                 <= (lim.freq_tolerance if lim.in_hz else lim.freq_tolerance * self.f_col)
             )
             & (self.imbalance_db <= lim.max_half_imbalance_db)
+            & (np.abs(self.df_row / self.f_row - self.df_col / self.f_col) <= lim.max_pair_spread)
         )
         return ok
 
