@@ -1,0 +1,144 @@
+"""Cross-transport digit de-duplication: one key press, one digit (DESIGN invariant 2).
+
+The same key press can reach the engine three ways: as tones in the audio ("inband"), as
+RFC 4733 events ("rfc4733") and as SIP INFO ("info"). Each transport reports it on its own
+schedule; the caller maps every report onto one millisecond clock and offers it here.
+
+Matching rules, in order:
+
+1. A report from a source that already reported a press is the same press when it is a
+   re-offer (its start within ``window_ms`` of that source's start, e.g. offered again once
+   the end is known) or when it starts less than ``gap_ms`` after that source's end. Q.24
+   puts real gaps at 40 ms or more; the default of 20 ms leaves room for each source's
+   timing error, so a real 40 ms gap always makes two digits.
+2. Otherwise it is the same press as a counted press of the same digit that this source has
+   not reported yet and that it overlaps, or starts within ``window_ms`` of. A press takes
+   at most one report per source, which is what keeps two real presses of one key two
+   digits however late or stretched another source's reports are.
+3. SIP INFO is late, by as much as signalling takes: an INFO report matches a press that
+   started up to ``info_tolerance_ms`` before it (the oldest such press first, since INFO
+   arrives in order), and a media report matches an INFO-only press that started up to
+   ``info_tolerance_ms`` after it.
+4. Anything else is a new key press.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import get_args
+
+from dtmfmask.events import Source
+from dtmfmask.tones import DIGITS
+
+__all__ = ["DigitDeduplicator"]
+
+_SOURCES: frozenset[str] = frozenset(get_args(Source))
+
+
+@dataclass(slots=True)
+class _Report:
+    start: float
+    end: float | None
+
+
+@dataclass(slots=True)
+class _Press:
+    digit: str
+    reports: dict[str, _Report] = field(default_factory=dict)
+
+    def anchor(self) -> tuple[float, float | None, bool]:
+        """(start, end, info_only): media timing is trusted over INFO's."""
+        media = [r for s, r in self.reports.items() if s != "info"]
+        if not media:
+            info = self.reports["info"]
+            return info.start, info.end, True
+        start = min(r.start for r in media)
+        ends = [r.end for r in media if r.end is not None]
+        return start, (max(ends) if ends else None), False
+
+
+class DigitDeduplicator:
+    """Decides, report by report, whether a digit is a new key press (see module docstring).
+
+    Sans-I/O and clock-free: every time is the caller's, in milliseconds. Memory is bounded
+    to the ``memory`` most recent presses; reports are expected to arrive within about
+    ``info_tolerance_ms`` of each other, so older presses are never needed.
+    """
+
+    def __init__(
+        self,
+        window_ms: float = 60.0,
+        *,
+        gap_ms: float = 20.0,
+        info_tolerance_ms: float = 2000.0,
+        memory: int = 64,
+    ) -> None:
+        if window_ms < 0 or gap_ms < 0 or info_tolerance_ms < 0:
+            raise ValueError("tolerances must not be negative")
+        if memory < 1:
+            raise ValueError("memory must hold at least one press")
+        self.window_ms = window_ms
+        self.gap_ms = gap_ms
+        self.info_tolerance_ms = info_tolerance_ms
+        self._presses: deque[_Press] = deque(maxlen=memory)
+
+    def offer(self, digit: str, source: Source, start_ms: float, end_ms: float | None) -> bool:
+        """True if this report is a new key press to count; False if already counted.
+
+        ``end_ms`` is None while the press is still going on; offering the same report again
+        with its end is allowed (it returns False and records the end).
+        """
+        if len(digit) != 1 or digit not in DIGITS:
+            raise ValueError(f"not a DTMF key: {digit!r}")
+        if source not in _SOURCES:
+            raise ValueError(f"unknown source {source!r}, expected one of {sorted(_SOURCES)}")
+        if end_ms is not None and end_ms < start_ms:
+            raise ValueError("a press cannot end before it starts")
+        same = [p for p in self._presses if p.digit == digit]
+
+        for press in reversed(same):
+            own = press.reports.get(source)
+            if own is not None and self._same_source(own, start_ms):
+                if end_ms is not None:
+                    own.end = end_ms if own.end is None else max(own.end, end_ms)
+                return False
+
+        match = self._cross_source(same, source, start_ms, end_ms)
+        if match is not None:
+            match.reports[source] = _Report(start_ms, end_ms)
+            return False
+
+        self._presses.append(_Press(digit, {source: _Report(start_ms, end_ms)}))
+        return True
+
+    def _same_source(self, own: _Report, start: float) -> bool:
+        if abs(start - own.start) <= self.window_ms:
+            return True
+        return own.end is not None and own.start <= start < own.end + self.gap_ms
+
+    def _cross_source(
+        self, same: list[_Press], source: str, start: float, end: float | None
+    ) -> _Press | None:
+        best: _Press | None = None
+        best_score = float("inf")
+        for press in same:
+            if source in press.reports:
+                continue
+            p_start, p_end, info_only = press.anchor()
+            d = start - p_start
+            if source == "info":
+                ok = -self.window_ms <= d <= self.info_tolerance_ms
+                score = p_start  # oldest first: INFO arrives in order
+            elif info_only:
+                ok = -self.info_tolerance_ms <= d <= self.window_ms
+                score = abs(d)
+            else:
+                overlap = (
+                    p_end is not None and end is not None and start <= p_end and p_start <= end
+                )
+                ok = overlap or abs(d) <= self.window_ms
+                score = abs(d)
+            if ok and score < best_score:
+                best, best_score = press, score
+        return best
