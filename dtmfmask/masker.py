@@ -33,7 +33,7 @@ I64 = npt.NDArray[np.int64]
 class MaskConfig:
     """How key presses are hidden. Times in ms, levels in dBm0."""
 
-    lookahead_ms: float = 30.0
+    lookahead_ms: float = 20.0
     style: MaskStyle = "tone"
     # One tone for every key. 500 Hz is far enough from the 697 Hz row that a short-window
     # decoder sees almost nothing of it in any DTMF bin, and it is not a network signalling
@@ -44,6 +44,8 @@ class MaskConfig:
     crossfade_ms: float = 2.0
     # masking extends this far before the first and after the last window that held a tone
     guard_ms: float = 5.0
+    # gaps shorter than this between masked spans are masked too
+    bridge_ms: float = 25.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class MaskConfig:
             raise ValueError("masking levels must be at most +3 dBm0")
         if not 0.0 <= self.crossfade_ms <= 20.0:
             raise ValueError(f"crossfade_ms must be within 0..20, got {self.crossfade_ms}")
+        if not 0.0 <= self.bridge_ms <= 200.0:
+            raise ValueError(f"bridge_ms must be within 0..200, got {self.bridge_ms}")
         if not 0.0 <= self.guard_ms <= 100.0:
             raise ValueError(f"guard_ms must be within 0..100, got {self.guard_ms}")
 
@@ -79,6 +83,7 @@ class MaskingEngine:
     _forced: npt.NDArray[np.bool_]
     _env_on: npt.NDArray[np.bool_]
     _row_of: I64
+    _last_end: I64
 
     def __init__(self, config: MaskConfig | None = None, capacity: int = 16) -> None:
         self.config = cfg = config or MaskConfig()
@@ -86,6 +91,7 @@ class MaskingEngine:
         self.lookahead = _ms(cfg.lookahead_ms)
         self._xf = max(_ms(cfg.crossfade_ms), 1)
         self._guard = _ms(cfg.guard_ms)
+        self._bridge = _ms(cfg.bridge_ms)
         # the envelope reaches this far past the newest input sample
         self._future = self._guard + self._xf + 2 * BLOCK
         self._ramp = (np.arange(1, self._xf + 1, dtype=np.float32) / (self._xf + 1)).astype(
@@ -117,6 +123,7 @@ class MaskingEngine:
         self._forced = g(None if first else self._forced, (), np.bool_)
         self._env_on = g(None if first else self._env_on, (), np.bool_)
         self._row_of = g(None if first else self._row_of, (), np.int64)
+        self._last_end = g(None if first else self._last_end, (), np.int64)
         self._cap = cap
 
     # --- streams ------------------------------------------------------------------------
@@ -129,6 +136,7 @@ class MaskingEngine:
         self._n_in[sid] = 0
         self._forced[sid] = False
         self._env_on[sid] = False
+        self._last_end[sid] = -(10**9)
         return sid
 
     def remove_stream(self, stream: int) -> None:
@@ -231,21 +239,30 @@ class MaskingEngine:
             elif isinstance(ev, DigitStarted):
                 spans.setdefault(ev.stream, []).append((ev.start, ev.start + BLOCK))
         local = {int(sid): i for i, sid in enumerate(rs.tolist())}
+        n_new = env.shape[1] - self.lookahead - self._future
         for i in np.flatnonzero(self._forced[rs]).tolist():
-            spans.setdefault(int(rs[i]), []).append(
-                (int(n_before[i]), int(n_before[i]) + env.shape[1])
-            )
+            # an RFC 4733 event still in progress: everything that arrived is masked
+            a = int(n_before[i])
+            self._paint(env[i], a, a, a + n_new, guard=False)
+        bridge = 2 * self._guard + self._bridge
         for sid, items in spans.items():
             i = local[sid]
+            n0 = int(n_before[i])
             items.sort()
+            # A key under loud speech trips the loose thresholds only now and then: spans
+            # closer than the bridge (also across calls) are masked as one.
+            first = self._last_end[sid]
             cur_a, cur_b = items[0]
+            if cur_a - first <= bridge:
+                cur_a = max(min(cur_a, first), n0 - self.lookahead + self._guard + self._xf)
             for a, b in items[1:]:
-                if a <= cur_b + 2 * self._guard:
+                if a <= cur_b + bridge:
                     cur_b = max(cur_b, b)
                 else:
-                    self._paint(env[i], int(n_before[i]), cur_a, cur_b)
+                    self._paint(env[i], n0, cur_a, cur_b)
                     cur_a, cur_b = a, b
-            self._paint(env[i], int(n_before[i]), cur_a, cur_b)
+            self._paint(env[i], n0, cur_a, cur_b)
+            self._last_end[sid] = max(self._last_end[sid], cur_b)
 
     def _mark(self, sid: int, n_in: int, a: int, b: int) -> None:
         """Paint a mask span into a stream's stored envelope between calls."""

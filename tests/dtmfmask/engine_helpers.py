@@ -42,9 +42,13 @@ def detect_many(
 
 
 def mask_many(
-    signals: Sequence[npt.ArrayLike], config: MaskConfig | None = None
+    signals: Sequence[npt.ArrayLike], config: MaskConfig | None = None, frame: int = FRAME
 ) -> tuple[list[npt.NDArray[np.int16]], list[list[DigitEvent]]]:
-    """Masked copies (time-aligned with the inputs) and events, all signals in one batch."""
+    """Masked copies (time-aligned with the inputs) and events, all signals in one batch.
+
+    ``frame`` is the packetisation (samples per call); the engine also sees nothing of a
+    frame before it arrives, so small frames test the look-ahead alone.
+    """
     eng = MaskingEngine(config, capacity=len(signals))
     la = eng.lookahead
     x, lengths = _pad(signals, la + 8 * FRAME)
@@ -52,8 +56,8 @@ def mask_many(
     index = {int(s): i for i, s in enumerate(sids)}
     outs = []
     per: list[list[DigitEvent]] = [[] for _ in signals]
-    for a in range(0, x.shape[1], FRAME):
-        out, events = eng.process(sids, x[:, a : a + FRAME])
+    for a in range(0, x.shape[1], frame):
+        out, events = eng.process(sids, x[:, a : a + frame])
         outs.append(out)
         for ev in events:
             per[index[ev.stream]].append(ev)
