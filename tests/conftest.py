@@ -33,3 +33,15 @@ def talkoff_speech() -> npt.NDArray[np.int16]:
 def music() -> npt.NDArray[np.float64]:
     """Several minutes of chords, sweeps and whistles near the DTMF frequencies."""
     return music_like(minutes=4.0)
+
+
+# CI: the same examples every run (a red CI must be reproducible), and no per-example
+# deadline (two cores shared with the rest of the suite make timings noisy).
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("dev", deadline=None)
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
