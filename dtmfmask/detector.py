@@ -129,9 +129,19 @@ _BASIS = _basis()
 _BASIS_T = np.ascontiguousarray(np.concatenate([_BASIS[:, 0::2], _BASIS[:, 1::2]], axis=1).T)
 
 
+def _two_bins(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Strongest row bin plus strongest column bin of the 10 ms windows made of sub-blocks
+    ``a`` then ``b`` (each (2, NBINS, n, s): real and imaginary planes)."""
+    w_re = a[0] + b[0] * _ROT_RE - b[1] * _ROT_IM
+    w_im = a[1] + b[0] * _ROT_IM + b[1] * _ROT_RE
+    pw = w_re * w_re + w_im * w_im
+    out: npt.NDArray[np.float32] = pw[:4].max(axis=0) + pw[4:].max(axis=0)
+    return out
+
+
 def _as_complex(ri: npt.NDArray[np.float32]) -> C64:
-    """(2, NBINS, s, n) real/imaginary planes -> (s, n, NBINS) complex64."""
-    out: C64 = (ri[0] + 1j * ri[1]).astype(np.complex64).transpose(1, 2, 0)
+    """(2, NBINS, n, s) real/imaginary planes -> (s, n, NBINS) complex64."""
+    out: C64 = (ri[0] + 1j * ri[1]).astype(np.complex64).transpose(2, 1, 0)
     return out
 
 
@@ -290,41 +300,62 @@ def _measure(
     the rectangular window's roll-off at that offset.
     """
     half = n // 2
+    m = r.size
     f_row = _FREQS[r]
     f_col = _FREQS[c]
     fx = _decouple(x_row, x_col, r, c, n)
-    fa = _decouple(a_row, a_col, r, c, half)
-    fb = _decouple(b_row, b_col, r, c, half)
+    # both halves in one fit
+    fh = _decouple(
+        np.concatenate([a_row, b_row]),
+        np.concatenate([a_col, b_col]),
+        np.concatenate([r, r]),
+        np.concatenate([c, c]),
+        half,
+    )
+    fa_row, fb_row = fh.row[:m], fh.row[m:]
+    fa_col, fb_col = fh.col[:m], fh.col[m:]
     w_row = 2.0 * np.pi * f_row / SAMPLE_RATE
     w_col = 2.0 * np.pi * f_col / SAMPLE_RATE
-    ph_row = np.angle(fb.row * np.conj(fa.row)) - w_row * half
-    ph_col = np.angle(fb.col * np.conj(fa.col)) - w_col * half
-    ph_row = (ph_row + np.pi) % (2.0 * np.pi) - np.pi
-    ph_col = (ph_col + np.pi) % (2.0 * np.pi) - np.pi
-    df_row = ph_row * SAMPLE_RATE / (2.0 * np.pi * half)
-    df_col = ph_col * SAMPLE_RATE / (2.0 * np.pi * half)
+    ph_row = np.angle(fb_row * np.conj(fa_row)) - w_row * half
+    ph_col = np.angle(fb_col * np.conj(fa_col)) - w_col * half
+    scale = SAMPLE_RATE / (2.0 * np.pi * half)
+    df_row = ((ph_row + np.pi) % (2.0 * np.pi) - np.pi) * scale
+    df_col = ((ph_col + np.pi) % (2.0 * np.pi) - np.pi) * scale
+    # squared roll-off of each tone's bin at its measured offset, full window and halves
+    g_row, g_col = _leak(df_row, n) ** 2, _leak(df_col, n) ** 2
+    h_row, h_col = _leak(df_row, half) ** 2, _leak(df_col, half) ** 2
+    pr = fx.row.real**2 + fx.row.imag**2
+    pc = fx.col.real**2 + fx.col.imag**2
+    pha_r = fa_row.real**2 + fa_row.imag**2
+    phb_r = fb_row.real**2 + fb_row.imag**2
+    pha_c = fa_col.real**2 + fa_col.imag**2
+    phb_c = fb_col.real**2 + fb_col.imag**2
 
-    def share(f: _Fit, total: npt.NDArray[np.float64], m: int) -> npt.NDArray[np.float64]:
+    def share(
+        explained: npt.NDArray[np.float64],
+        p_r: npt.NDArray[np.float64],
+        p_c: npt.NDArray[np.float64],
+        g_r: npt.NDArray[np.float64],
+        g_c: npt.NDArray[np.float64],
+        total: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float64]:
         """Explained share of the window energy, corrected for the tones' offsets."""
-        pr = f.row.real**2 + f.row.imag**2
-        pc = f.col.real**2 + f.col.imag**2
-        gain = (pr + pc + 1e-12) / (pr / _leak(df_row, m) ** 2 + pc / _leak(df_col, m) ** 2 + 1e-12)
-        out: npt.NDArray[np.float64] = f.explained / gain / np.maximum(total, 1e-9)
+        gain = (p_r + p_c + 1e-12) / (p_r / g_r + p_c / g_c + 1e-12)
+        out: npt.NDArray[np.float64] = explained / gain / np.maximum(total, 1e-9)
         return out
 
-    p_row = _amp_to_power(fx.row.real**2 + fx.row.imag**2, df_row, n)
-    p_col = _amp_to_power(fx.col.real**2 + fx.col.imag**2, df_col, n)
-    pa_row = np.abs(fa.row) ** 2
-    pb_row = np.abs(fb.row) ** 2
-    pa_col = np.abs(fa.col) ** 2
-    pb_col = np.abs(fb.col) ** 2
-    half_ratio = np.maximum(share(fa, total_a, half), share(fb, total_b, half))
+    p_row = 2.0 * pr / (n * g_row)
+    p_col = 2.0 * pc / (n * g_col)
+    half_ratio = np.maximum(
+        share(fh.explained[:m], pha_r, pha_c, h_row, h_col, total_a),
+        share(fh.explained[m:], phb_r, phb_c, h_row, h_col, total_b),
+    )
     imb = np.maximum(
-        np.abs(np.log10((pa_row + 1e-9) / (pb_row + 1e-9))),
-        np.abs(np.log10((pa_col + 1e-9) / (pb_col + 1e-9))),
+        np.abs(np.log10((pha_r + 1e-9) / (phb_r + 1e-9))),
+        np.abs(np.log10((pha_c + 1e-9) / (phb_c + 1e-9))),
     )
     return _Measure(
-        ratio=share(fx, total_a + total_b, n),
+        ratio=share(fx.explained, pr, pc, g_row, g_col, total_a + total_b),
         half_ratio=half_ratio,
         lvl_row=_level(p_row, n),
         lvl_col=_level(p_col, n),
@@ -334,6 +365,15 @@ def _measure(
         f_col=f_col,
         imbalance_db=10.0 * imb,
     )
+
+
+def selector(sids: I64) -> slice | I64:
+    """Index for per-stream state: a slice (a view, no copy) when the batch is a run of
+    consecutive stream ids, as it is when a caller batches all its streams in order."""
+    first, last = int(sids[0]), int(sids[-1])
+    if last - first + 1 == sids.size and (sids.size < 2 or bool((np.diff(sids) == 1).all())):
+        return slice(first, last + 1)
+    return sids
 
 
 @dataclass(slots=True)
@@ -392,12 +432,15 @@ class DtmfDetector:
             return new
 
         first = old == 0
-        ri = np.zeros((2, NBINS, cap, 3), dtype=np.float32)
+        # sub-block history with streams on the last axis (see _run)
+        ri = np.zeros((2, NBINS, 3, cap), dtype=np.float32)
+        ht = np.zeros((3, cap), dtype=np.float32)
+        hn = np.zeros((3, cap), dtype=np.bool_)
         if not first:
-            ri[:, :, :old] = self._hist_ri
-        self._hist_ri = ri
-        self._hist_t = g(None if first else self._hist_t, (3,), np.float32)
-        self._hist_tonal = g(None if first else self._hist_tonal, (3,), np.bool_)
+            ri[..., :old] = self._hist_ri
+            ht[:, :old] = self._hist_t
+            hn[:, :old] = self._hist_tonal
+        self._hist_ri, self._hist_t, self._hist_tonal = ri, ht, hn
         self._pend = g(None if first else self._pend, (BLOCK,), np.float32)
         self._pend_len = g(None if first else self._pend_len, (), np.int64)
         self._blocks = g(None if first else self._blocks, (), np.int64)  # sub-blocks seen
@@ -422,9 +465,9 @@ class DtmfDetector:
         return sid
 
     def _reset(self, sid: int) -> None:
-        self._hist_ri[:, :, sid] = 0
-        self._hist_t[sid] = 0
-        self._hist_tonal[sid] = False
+        self._hist_ri[..., sid] = 0
+        self._hist_t[:, sid] = 0
+        self._hist_tonal[:, sid] = False
         self._pend_len[sid] = 0
         self._blocks[sid] = 0
         self._cur[sid] = -1
@@ -481,51 +524,52 @@ class DtmfDetector:
 
     def _run(self, sids: I64, blocks: F32) -> BatchResult:
         s_all, k, _ = blocks.shape
-        flat = blocks.reshape(s_all * k, BLOCK)
-        # Bins on the outer axis: per-bin arrays are contiguous, so the reductions over the
-        # bins below are elementwise maxima of whole arrays instead of short inner loops.
-        ri = (_BASIS_T @ flat.T).reshape(2, NBINS, s_all, k)  # real, imaginary
-        t_new = np.einsum("ij,ij->i", flat, flat).reshape(s_all, k)
-        hist = self._hist_ri[:, :, sids]  # (2, NBINS, s, 3)
+        # Layout (re/im, bin, sub-block, stream): streams innermost, so every elementwise
+        # step below runs over long contiguous rows, and reductions over bins are maxima of
+        # whole arrays.
+        by_time = np.ascontiguousarray(blocks.transpose(1, 0, 2)).reshape(k * s_all, BLOCK)
+        ri = (_BASIS_T @ by_time.T).reshape(2, NBINS, k, s_all)
+        t_new = np.einsum("ij,ij->i", by_time, by_time).reshape(k, s_all)
+        sel = selector(sids)
+        hist = self._hist_ri[..., sel]  # (2, NBINS, 3, s)
+        hist_t = self._hist_t[:, sel]  # (3, s)
         # Gate: a 10 ms window can hold a key only if two bins (one per group) hold a good part
         # of its energy. Speech and silence mostly stop here, so the window analysis below
         # runs only on the few streams that have something tone-like.
-        prev = np.concatenate([hist[..., 2:], ri], axis=3)  # (2, NBINS, s, k+1)
-        a_re, a_im = prev[0, ..., :k], prev[1, ..., :k]
-        b_re, b_im = prev[0, ..., 1:], prev[1, ..., 1:]
-        w_re = a_re + b_re * _ROT_RE - b_im * _ROT_IM
-        w_im = a_im + b_re * _ROT_IM + b_im * _ROT_RE
-        pw = w_re * w_re + w_im * w_im
-        two = pw[:4].max(axis=0) + pw[4:].max(axis=0)
-        t_prev = np.concatenate([self._hist_t[sids][:, 2:], t_new], axis=1)
-        t10 = t_prev[:, :k] + t_prev[:, 1:]
+        # the first window pairs the last stored sub-block with the first new one
+        two = np.concatenate(
+            [_two_bins(hist[:, :, 2:], ri[:, :, :1]), _two_bins(ri[:, :, :-1], ri[:, :, 1:])]
+        )  # (k, s)
+        t_prev = np.concatenate([hist_t[2:], t_new], axis=0)
+        t10 = t_prev[:k] + t_prev[1:]
         tonal_new = (two * (2.0 / (2 * BLOCK)) >= _GATE_SHARE * t10) & (t10 >= _GATE_FLOOR)
         # a 20 ms window is looked at when either of its 10 ms halves passed (or the one
         # straddling them)
-        tonal = np.concatenate([self._hist_tonal[sids], tonal_new], axis=1)  # (s, k+3)
-        gate20 = tonal[:, 1 : k + 1] | tonal[:, 2 : k + 2] | tonal[:, 3 : k + 3]
+        tonal = np.concatenate([self._hist_tonal[:, sel], tonal_new], axis=0)  # (k+3, s)
+        gate20 = tonal[1 : k + 1] | tonal[2 : k + 2] | tonal[3 : k + 3]
         base_all = self._blocks[sids].copy()  # absolute index of the first new sub-block
         self._blocks[sids] = base_all + k
-        rows = np.flatnonzero(gate20.any(axis=1))
-        hist_t = self._hist_t[sids[rows]] if rows.size else None
+        rows = np.flatnonzero(gate20.any(axis=0))
+        old_ri = hist[..., rows] if rows.size else None
+        old_t = hist_t[:, rows] if rows.size else None
         if k >= 3:
-            self._hist_ri[:, :, sids] = ri[..., k - 3 :]
-            self._hist_t[sids] = t_new[:, k - 3 :]
+            self._hist_ri[..., sel] = ri[:, :, k - 3 :]
+            self._hist_t[:, sel] = t_new[k - 3 :]
         else:
-            self._hist_ri[:, :, sids] = np.concatenate([hist[..., k:], ri], axis=3)
-            self._hist_t[sids] = np.concatenate([self._hist_t[sids][:, k:], t_new], axis=1)
-        self._hist_tonal[sids] = tonal[:, -3:]
+            self._hist_ri[..., sel] = np.concatenate([hist[:, :, k:], ri], axis=2)
+            self._hist_t[:, sel] = np.concatenate([hist_t[k:], t_new], axis=0)
+        self._hist_tonal[:, sel] = tonal[-3:]
         strict_all = np.full((s_all, k), -1, dtype=np.int64)
-        if hist_t is None:
+        if old_ri is None or old_t is None:
             events = self._advance(sids, base_all, strict_all)
             return BatchResult(events, *(np.zeros(0, np.int64),) * 3)
         strict_sub, mask = self._windows(
             sids[rows],
             base_all[rows],
-            _as_complex(np.concatenate([hist[:, :, rows], ri[:, :, rows]], axis=3)),
-            np.concatenate([hist_t, t_new[rows]], axis=1).astype(np.float64),
-            gate20[rows],
-            tonal_new[rows],
+            _as_complex(np.concatenate([old_ri, ri[..., rows]], axis=2)),
+            np.concatenate([old_t, t_new[:, rows]], axis=0).T.astype(np.float64),
+            gate20[:, rows].T,
+            tonal_new[:, rows].T,
         )
         strict_all[rows] = strict_sub
         events = self._advance(sids, base_all, strict_all)
@@ -634,59 +678,74 @@ class DtmfDetector:
         return strict_digit, (np.zeros(0, np.int64),) * 3
 
     def _advance(self, sids: I64, base: I64, strict_digit: I64) -> list[DigitEvent]:
-        """Run the per-stream digit state machine over this batch's windows."""
+        """Run the digit state machine over this batch's windows.
+
+        Vectorised over the streams that have anything going on; a Python loop runs only over
+        the few sub-blocks of the batch and over the events themselves.
+        """
         active = (
             (self._cur[sids] >= 0) | (self._run_len[sids] > 0) | (strict_digit >= 0).any(axis=1)
         )
-        idx = np.nonzero(active)[0]
+        idx = np.flatnonzero(active)
         if idx.size == 0:
             return []
         cfg = self.config
-        events: list[DigitEvent] = []
-        k = strict_digit.shape[1]
-        for i in idx.tolist():
-            sid = int(sids[i])
-            cur = int(self._cur[sid])
-            run_d = int(self._run_digit[sid])
-            run_n = int(self._run_len[sid])
-            run_s = int(self._run_start[sid])
-            misses = int(self._misses[sid])
-            last_end = int(self._last_hit_end[sid])
-            cur_start = int(self._cur_start[sid])
-            for j in range(k):
-                d = int(strict_digit[i, j])
-                end_sample = (int(base[i]) + j + 1) * BLOCK
-                if cur >= 0:
-                    if d == cur:
-                        misses = 0
-                        last_end = end_sample
-                        continue
-                    misses += 1
-                    if misses >= cfg.misses_to_end:
-                        events.append(DigitEnded(sid, str(_DIGIT_OF[cur]), cur_start, last_end))
-                        cur = -1
-                        run_d, run_n = -1, 0
-                    else:
-                        continue
-                if d < 0:
-                    run_d, run_n = -1, 0
-                    continue
-                if d == run_d:
-                    run_n += 1
-                else:
-                    run_d, run_n, run_s = d, 1, end_sample - 4 * BLOCK
-                if run_n >= cfg.hits_to_start:
-                    cur, cur_start, last_end, misses = d, run_s, end_sample, 0
-                    run_d, run_n = -1, 0
-                    events.append(DigitStarted(sid, str(_DIGIT_OF[cur]), cur_start))
-            self._cur[sid] = cur
-            self._run_digit[sid] = run_d
-            self._run_len[sid] = run_n
-            self._run_start[sid] = run_s
-            self._misses[sid] = misses
-            self._last_hit_end[sid] = last_end
-            self._cur_start[sid] = cur_start
-        return events
+        sid = sids[idx]
+        cur = self._cur[sid]
+        run_d = self._run_digit[sid]
+        run_n = self._run_len[sid]
+        run_s = self._run_start[sid]
+        misses = self._misses[sid]
+        last_end = self._last_hit_end[sid]
+        cur_start = self._cur_start[sid]
+        found: list[tuple[int, int, DigitEvent]] = []  # (position in batch, order, event)
+        for j in range(strict_digit.shape[1]):
+            d = strict_digit[idx, j]
+            end_sample = (base[idx] + j + 1) * BLOCK
+            has = cur >= 0
+            same = has & (d == cur)
+            misses[same] = 0
+            last_end[same] = end_sample[same]
+            miss = has & ~same
+            misses[miss] += 1
+            ending = miss & (misses >= cfg.misses_to_end)
+            for i in np.flatnonzero(ending).tolist():
+                ev = DigitEnded(
+                    int(sid[i]), str(_DIGIT_OF[cur[i]]), int(cur_start[i]), int(last_end[i])
+                )
+                found.append((i, len(found), ev))
+            cur[ending] = -1
+            free = ~has | ending
+            quiet = free & (d < 0)
+            run_d[quiet] = -1
+            run_n[quiet] = 0
+            tone = free & (d >= 0)
+            cont = tone & (d == run_d)
+            run_n[cont] += 1
+            new = tone & ~cont
+            run_d[new] = d[new]
+            run_n[new] = 1
+            run_s[new] = end_sample[new] - 4 * BLOCK
+            start = tone & (run_n >= cfg.hits_to_start)
+            if start.any():
+                cur[start] = d[start]
+                cur_start[start] = run_s[start]
+                last_end[start] = end_sample[start]
+                misses[start] = 0
+                run_d[start] = -1
+                run_n[start] = 0
+                for i in np.flatnonzero(start).tolist():
+                    ev = DigitStarted(int(sid[i]), str(_DIGIT_OF[cur[i]]), int(cur_start[i]))
+                    found.append((i, len(found), ev))
+        self._cur[sid] = cur
+        self._run_digit[sid] = run_d
+        self._run_len[sid] = run_n
+        self._run_start[sid] = run_s
+        self._misses[sid] = misses
+        self._last_hit_end[sid] = last_end
+        self._cur_start[sid] = cur_start
+        found.sort(key=lambda item: (item[0], item[1]))  # per stream, in time order
+        return [ev for _, _, ev in found]
 
     def finish(self, stream: int) -> list[DigitEvent]:
         """End of input for ``stream``: close a digit still in progress."""

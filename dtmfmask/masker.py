@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .detector import BLOCK, BatchResult, DetectorConfig, DtmfDetector
+from .detector import BLOCK, BatchResult, DetectorConfig, DtmfDetector, selector
 from .events import DigitEnded, DigitEvent, DigitStarted
 from .tones import SAMPLE_RATE, dbm0_to_amplitude
 
@@ -181,16 +181,17 @@ class MaskingEngine:
         res = self.detector.process_batch(sids, x)
         la = self.lookahead
         # Unmasked audio leaves exactly as it came in, so the delay line holds int16.
+        sel = selector(sids)
         if la:
-            joined = np.concatenate([self._delay[sids], x], axis=1)
+            joined = np.concatenate([self._delay[sel], x], axis=1)
             out = joined[:, :n]
-            self._delay[sids] = joined[:, n:]
+            self._delay[sel] = joined[:, n:]
         else:
             out = x.copy()
-        n_before = self._n_in[sids].copy()
-        self._n_in[sids] = n_before + n
+        n_before = self._n_in[sel].copy()
+        self._n_in[sel] += n
         marked = res.mask_stream.size or res.events
-        rows = np.flatnonzero(self._env_on[sids] | self._forced[sids])
+        rows = np.flatnonzero(self._env_on[sel] | self._forced[sel])
         if marked:
             self._row_of[sids] = np.arange(s)
             extra = np.array([ev.stream for ev in res.events], dtype=np.int64)
@@ -227,42 +228,60 @@ class MaskingEngine:
         return (self._amp * np.sin(self._w * t)).astype(np.float32)
 
     def _apply_marks(self, rows: I64, rs: I64, n_before: I64, env: F32, res: BatchResult) -> None:
-        """Paint this call's mask spans into the envelopes of the streams in ``rows``."""
-        spans: dict[int, list[tuple[int, int]]] = {}
-        for sid, a, b in zip(
-            res.mask_stream.tolist(), res.mask_start.tolist(), res.mask_end.tolist(), strict=True
-        ):
-            spans.setdefault(sid, []).append((a, b))
-        for ev in res.events:
-            if isinstance(ev, DigitEnded):
-                spans.setdefault(ev.stream, []).append((ev.start, ev.end))
-            elif isinstance(ev, DigitStarted):
-                spans.setdefault(ev.stream, []).append((ev.start, ev.start + BLOCK))
-        local = {int(sid): i for i, sid in enumerate(rs.tolist())}
+        """Paint this call's mask spans into the envelopes of the streams in ``rs``.
+
+        One span per stream and call: the union of its windows (a call covers a few tens of
+        ms, shorter than the bridge, so nothing between them would stay unmasked anyway).
+        Painting is vectorised over the streams.
+        """
         n_new = env.shape[1] - self.lookahead - self._future
         for i in np.flatnonzero(self._forced[rs]).tolist():
             # an RFC 4733 event still in progress: everything that arrived is masked
-            a = int(n_before[i])
-            self._paint(env[i], a, a, a + n_new, guard=False)
-        bridge = 2 * self._guard + self._bridge
-        for sid, items in spans.items():
-            i = local[sid]
-            n0 = int(n_before[i])
-            items.sort()
-            # A key under loud speech trips the loose thresholds only now and then: spans
-            # closer than the bridge (also across calls) are masked as one.
-            first = self._last_end[sid]
-            cur_a, cur_b = items[0]
-            if cur_a - first <= bridge:
-                cur_a = max(min(cur_a, first), n0 - self.lookahead + self._guard + self._xf)
-            for a, b in items[1:]:
-                if a <= cur_b + bridge:
-                    cur_b = max(cur_b, b)
-                else:
-                    self._paint(env[i], n0, cur_a, cur_b)
-                    cur_a, cur_b = a, b
-            self._paint(env[i], n0, cur_a, cur_b)
-            self._last_end[sid] = max(self._last_end[sid], cur_b)
+            a0 = int(n_before[i])
+            self._paint(env[i], a0, a0, a0 + n_new, guard=False)
+        m_stream, m_start, m_end = res.mask_stream, res.mask_start, res.mask_end
+        if res.events:
+            ev_s = np.array([e.stream for e in res.events], dtype=np.int64)
+            ev_a = np.array([e.start for e in res.events], dtype=np.int64)
+            ev_b = np.array(
+                [e.end if isinstance(e, DigitEnded) else e.start + BLOCK for e in res.events],
+                dtype=np.int64,
+            )
+            m_stream = np.concatenate([m_stream, ev_s])
+            m_start = np.concatenate([m_start, ev_a])
+            m_end = np.concatenate([m_end, ev_b])
+        if m_stream.size == 0:
+            return
+        # row of each span in env, then per-row union
+        self._row_of[rs] = np.arange(rs.size)
+        row = self._row_of[m_stream]
+        first = np.full(rs.size, np.iinfo(np.int64).max, dtype=np.int64)
+        last = np.full(rs.size, np.iinfo(np.int64).min, dtype=np.int64)
+        np.minimum.at(first, row, m_start)
+        np.maximum.at(last, row, m_end)
+        hit = np.flatnonzero(last > np.iinfo(np.int64).min)
+        a, b = first[hit], last[hit]
+        sids = rs[hit]
+        origin = n_before[hit] - self.lookahead
+        # A key under loud speech trips the loose thresholds only now and then: a span that
+        # starts within the bridge of the previous one (also from an earlier call) joins it.
+        prev = self._last_end[sids]
+        join = a - prev <= 2 * self._guard + self._bridge
+        a = np.where(join, np.maximum(np.minimum(a, prev), origin + self._guard + self._xf), a)
+        self._last_end[sids] = np.maximum(prev, b)
+        lo = (a - self._guard - origin)[:, None]
+        hi = (b + self._guard - origin)[:, None]
+        late = np.minimum(hi[:, 0], 0) - lo[:, 0]
+        self.late_mask_samples += int(late[lo[:, 0] < 0].sum())
+        xf = self._xf
+        idx = np.arange(env.shape[1])[None, :]
+        # 1 inside [lo, hi), linear ramps over the xf samples outside it on both sides
+        gain = np.where(
+            idx < lo,
+            (idx - lo + xf + 1) / (xf + 1),
+            np.where(idx < hi, 1.0, (hi + xf - idx) / (xf + 1)),
+        )
+        env[hit] = np.maximum(env[hit], np.clip(gain, 0.0, 1.0))
 
     def _mark(self, sid: int, n_in: int, a: int, b: int) -> None:
         """Paint a mask span into a stream's stored envelope between calls."""
