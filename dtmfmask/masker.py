@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .detector import BLOCK, BatchResult, DetectorConfig, DtmfDetector, selector
-from .events import DigitEnded, DigitEvent, DigitStarted
+from .events import DigitEnded, DigitEvent
 from .tones import SAMPLE_RATE, dbm0_to_amplitude
 
 MaskStyle = Literal["tone", "silence", "noise"]
