@@ -191,11 +191,12 @@ class MaskingEngine:
         n_before = self._n_in[sel].copy()
         self._n_in[sel] += n
         marked = res.mask_stream.size or res.events
-        rows = np.flatnonzero(self._env_on[sel] | self._forced[sel])
+        busy = self._env_on[sel] | self._forced[sel]
         if marked:
             self._row_of[sids] = np.arange(s)
             extra = np.array([ev.stream for ev in res.events], dtype=np.int64)
-            rows = np.union1d(rows, self._row_of[np.concatenate([res.mask_stream, extra])])
+            busy[self._row_of[np.concatenate([res.mask_stream, extra])]] = True
+        rows = np.flatnonzero(busy)
         if rows.size == 0:
             return out, res.events
         # only streams that are masking, or about to, carry an envelope through this call
