@@ -710,7 +710,7 @@ class DtmfDetector:
             misses[miss] += 1
             ending = miss & (misses >= cfg.misses_to_end)
             for i in np.flatnonzero(ending).tolist():
-                ev = DigitEnded(
+                ev: DigitEvent = DigitEnded(
                     int(sid[i]), str(_DIGIT_OF[cur[i]]), int(cur_start[i]), int(last_end[i])
                 )
                 found.append((i, len(found), ev))
