@@ -33,7 +33,7 @@ I64 = npt.NDArray[np.int64]
 class MaskConfig:
     """How key presses are hidden. Times in ms, levels in dBm0."""
 
-    lookahead_ms: float = 20.0
+    lookahead_ms: float = 15.0
     style: MaskStyle = "tone"
     # One tone for every key. 500 Hz is far enough from the 697 Hz row that a short-window
     # decoder sees almost nothing of it in any DTMF bin, and it is not a network signalling
