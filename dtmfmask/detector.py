@@ -367,6 +367,43 @@ def _measure(
     )
 
 
+def _measure_candidates(
+    cand: npt.NDArray[np.bool_],
+    row: I64,
+    col: I64,
+    whole: C64,
+    first: C64,
+    second: C64,
+    t_first: npt.NDArray[np.float64],
+    t_second: npt.NDArray[np.float64],
+    n: int,
+) -> tuple[I64, I64, I64, I64, _Measure] | None:
+    """Measure the candidate windows (stream i, window j) at their strongest row/col bins.
+
+    ``whole``, ``first``, ``second`` are the (s, k, bins) coefficients of the window and of
+    its two halves; ``t_*`` the halves' energies.
+    """
+    i, j = np.nonzero(cand)
+    if i.size == 0:
+        return None
+    r = row[i, j]
+    c = col[i, j]
+    m = _measure(
+        whole[i, j, r],
+        whole[i, j, c],
+        first[i, j, r],
+        second[i, j, r],
+        first[i, j, c],
+        second[i, j, c],
+        r,
+        c,
+        t_first[i, j],
+        t_second[i, j],
+        n,
+    )
+    return i, j, r, c, m
+
+
 def selector(sids: I64) -> slice | I64:
     """Index for per-stream state: a slice (a view, no copy) when the batch is a run of
     consecutive stream ids, as it is when a caller batches all its streams in order."""
@@ -619,48 +656,20 @@ class DtmfDetector:
         loose = np.zeros((s, k), dtype=np.bool_)
         loose10 = np.zeros((s, k), dtype=np.bool_)
         t0, t1, t2, t3 = t[:, 0:k], t[:, 1 : k + 1], t[:, 2 : k + 2], t[:, 3 : k + 3]
-        i20, j20 = np.nonzero(cand20)
-        if i20.size:
-            r = row20[i20, j20]
-            cl = col20[i20, j20]
-            m = _measure(
-                x20[i20, j20, r],
-                x20[i20, j20, cl],
-                h1[i20, j20, r],
-                h2[i20, j20, r],
-                h1[i20, j20, cl],
-                h2[i20, j20, cl],
-                r,
-                cl,
-                (t0 + t1)[i20, j20],
-                (t2 + t3)[i20, j20],
-                4 * BLOCK,
-            )
+        found = _measure_candidates(cand20, row20, col20, x20, h1, h2, t0 + t1, t2 + t3, 4 * BLOCK)
+        if found is not None:
+            i, j, r, cl, m = found
             ok = m.accept(self._strict)
-            strict_digit[i20[ok], j20[ok]] = r[ok] * 4 + (cl[ok] - 4)
+            strict_digit[i[ok], j[ok]] = r[ok] * 4 + (cl[ok] - 4)
             lok = m.accept(self._loose)
-            loose[i20[lok], j20[lok]] = True
-        i10, j10 = np.nonzero(cand10)
-        if i10.size:
-            r = row10[i10, j10]
-            cl = col10[i10, j10]
-            m = _measure(
-                h2[i10, j10, r],
-                h2[i10, j10, cl],
-                c2[i10, j10, r],
-                c3[i10, j10, r],
-                c2[i10, j10, cl],
-                c3[i10, j10, cl],
-                r,
-                cl,
-                t2[i10, j10],
-                t3[i10, j10],
-                2 * BLOCK,
-            )
+            loose[i[lok], j[lok]] = True
+        found = _measure_candidates(cand10, row10, col10, h2, c2, c3, t2, t3, 2 * BLOCK)
+        if found is not None:
+            i, j, _, _, m = found
             lok = m.accept(self._loose) | (
                 m.accept(self._burst) & (m.half_ratio >= cfg.burst_min_half_ratio)
             )
-            loose10[i10[lok], j10[lok]] = True
+            loose10[i[lok], j[lok]] = True
 
         # mask triggers: window [first sample, end sample) per hit
         ms: list[I64] = []
