@@ -1,0 +1,830 @@
+"""The media plane of calls, sans-I/O: datagrams and times in, datagrams and events out.
+
+One :class:`CallMedia` per call holds its two legs, the caller's and the agent's. Each leg
+has the codec and telephone-event payload type agreed in SDP (:class:`LegParams`), latches
+its peer's address from the first valid packet (symmetric RTP) and sends its own outgoing
+stream with its own SSRC, sequence numbers and timestamps (:class:`~sipproxy.rtp.StreamRewriter`).
+
+- Caller -> agent: audio is decoded, masked (DESIGN.md invariant 1), re-encoded. RFC 4733
+  events from the caller are never forwarded: they force masking for the event's duration,
+  and while the caller sends no audio during an event, masking frames fill its 20 ms slots.
+- Agent -> caller: relayed, header rewritten (transcoded if the legs' codecs differ).
+- RTCP: relayed with SSRCs mapped to the other leg's streams.
+- Digits from in-band audio, RFC 4733 and SIP INFO are counted once per key press
+  (:class:`~dtmfmask.dedup.DigitDeduplicator`) and published as :class:`CallDigit`.
+
+One :class:`MediaEngine` serves every call: it owns the :class:`~dtmfmask.masker.MaskingEngine`
+and, on :meth:`MediaEngine.flush`, runs the caller frames of all calls that arrived since the
+last flush through it in one batched pass per frame length (DESIGN.md "Work is batched").
+The I/O adapter (:mod:`sipproxy.relay`) calls ``receive`` per datagram, ``flush`` once per
+loop iteration and ``tick`` every 20 ms, and sends what :meth:`CallMedia.datagrams_to_send`
+returns.
+
+Times are seconds on any monotonic clock (the adapter's ``loop.time()``). Counters are plain
+ints, read on scrape. Nothing here logs, and no digit value appears in a repr.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dtmfmask.dedup import DigitDeduplicator
+from dtmfmask.events import DigitEnded, DigitEvent, DigitStarted, Source
+from dtmfmask.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from dtmfmask.masker import MaskConfig, MaskingEngine
+from dtmfmask.rfc4733 import EventReceiver, RtpDigitEnded, RtpDigitStarted, RtpOtherEvent
+from dtmfmask.tones import SAMPLE_RATE
+
+from .rtp import (
+    RtcpError,
+    RtpError,
+    StreamRewriter,
+    build_rtp,
+    is_rtcp,
+    peek_rtp,
+    rewrite_rtcp_ssrcs,
+    rewrite_rtp_header,
+)
+
+__all__ = [
+    "CallDigit",
+    "CallMedia",
+    "Codec",
+    "Datagram",
+    "LegCounters",
+    "LegName",
+    "LegParams",
+    "MediaConfig",
+    "MediaCounters",
+    "MediaEngine",
+    "MediaEvent",
+    "MediaTimeout",
+]
+
+Address = tuple[str, int]
+LegName = Literal["caller", "agent"]
+Codec = Literal["PCMU", "PCMA"]
+Pcm = npt.NDArray[np.int16]
+
+CODEC_PAYLOAD_TYPES: dict[Codec, int] = {"PCMU": 0, "PCMA": 8}
+_TS_MOD = 1 << 32
+
+
+def _ts_diff(a: int, b: int) -> int:
+    """``a - b`` on the 32-bit RTP timestamp circle, signed."""
+    d = (a - b) % _TS_MOD
+    return d - _TS_MOD if d >= _TS_MOD // 2 else d
+
+
+def _decode(codec: Codec, payload: bytes | memoryview) -> Pcm:
+    return ulaw_decode(payload) if codec == "PCMU" else alaw_decode(payload)
+
+
+def _encode(codec: Codec, pcm: Pcm) -> npt.NDArray[np.uint8]:
+    return ulaw_encode(pcm) if codec == "PCMU" else alaw_encode(pcm)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class LegParams:
+    """What SDP negotiation agreed for one leg.
+
+    ``codec`` is the audio codec and ``payload_type`` its RTP payload type (0 for PCMU,
+    8 for PCMA unless the offer mapped them dynamically). ``event_payload_type`` is the
+    telephone-event type, None if the peer has none. ``remote``/``remote_rtcp`` are the
+    addresses from SDP, used until the peer's own packets latch the real ones.
+    """
+
+    codec: Codec = "PCMU"
+    payload_type: int | None = None
+    event_payload_type: int | None = 101
+    remote: Address | None = None
+    remote_rtcp: Address | None = None
+    ptime_ms: int = 20
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODEC_PAYLOAD_TYPES:
+            raise ValueError(f"codec must be PCMU or PCMA, got {self.codec!r}")
+        if self.payload_type is not None and not 0 <= self.payload_type <= 127:
+            raise ValueError(f"payload type {self.payload_type} not in 0-127")
+        if self.event_payload_type is not None and not 0 <= self.event_payload_type <= 127:
+            raise ValueError(f"telephone-event payload type {self.event_payload_type} not in 0-127")
+        if self.event_payload_type is not None and self.event_payload_type == self.audio_pt:
+            raise ValueError("audio and telephone-event cannot share a payload type")
+        if not 10 <= self.ptime_ms <= 120:
+            raise ValueError(f"ptime_ms must be within 10..120, got {self.ptime_ms}")
+
+    @property
+    def audio_pt(self) -> int:
+        return CODEC_PAYLOAD_TYPES[self.codec] if self.payload_type is None else self.payload_type
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Per-call media options (operator's words). Times in seconds."""
+
+    # a latched peer silent this long may be replaced by a new source address
+    relatch_after_s: float = 2.0
+    # report a MediaTimeout when neither leg has sent anything for this long
+    media_timeout_s: float = 30.0
+    # caller frames waiting for the next engine pass, per call; more is a flood (dropped)
+    max_pending_frames: int = 16
+    # relay datagrams waiting for the next send, per call
+    max_outbox: int = 256
+    # how late the caller's audio may be before a masking frame takes its slot in an event
+    slot_slack_s: float = 0.03
+    # masking frames made in one tick at most (a stalled loop does not produce a burst)
+    max_fill_per_tick: int = 5
+    # RFC 4733 press with no end packet is closed after this long
+    event_end_timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.relatch_after_s < 0 or self.media_timeout_s <= 0:
+            raise ValueError("relatch_after_s must be >= 0 and media_timeout_s > 0")
+        if self.max_pending_frames < 1 or self.max_outbox < 1 or self.max_fill_per_tick < 1:
+            raise ValueError("queue bounds must be at least 1")
+        if not 0 <= self.slot_slack_s <= 1.0:
+            raise ValueError("slot_slack_s must be within 0..1")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """One datagram to send from ``leg``'s RTP socket (or its RTCP socket if ``rtcp``)."""
+
+    leg: LegName
+    rtcp: bool
+    address: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallDigit:
+    """A key press, counted once whatever transports carried it. ``at`` is its start
+    (seconds, the media clock). The digit is kept out of the repr so it cannot reach a log
+    through one (DESIGN.md invariant 3)."""
+
+    call_id: str
+    digit: str = field(repr=False)
+    source: Source
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTimeout:
+    """Neither leg has sent anything for ``idle_s`` seconds."""
+
+    call_id: str
+    idle_s: float
+
+
+MediaEvent = CallDigit | MediaTimeout
+
+
+@dataclass(slots=True)
+class LegCounters:
+    """Plain ints per leg; ``rx_*`` counts what the peer sent, ``tx_*`` what we sent it."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rtcp_rx: int = 0
+    rtcp_tx: int = 0
+    # drops, by reason
+    short: int = 0
+    version: int = 0
+    csrc: int = 0
+    extension: int = 0
+    padding: int = 0
+    unknown_pt: int = 0
+    hijack: int = 0
+    late: int = 0  # duplicate or out of order beyond repair (StreamRewriter said drop)
+    flood: int = 0  # queue bound reached
+    rtcp_malformed: int = 0
+    no_destination: int = 0  # nothing latched and nothing in SDP yet
+    # not drops
+    relatch: int = 0
+    events_rx: int = 0  # RFC 4733 packets received (never forwarded from the caller)
+
+
+@dataclass(slots=True)
+class MediaCounters:
+    """Plain ints for the masked direction of one call."""
+
+    frames_masked_path: int = 0  # caller frames through the engine
+    fill_frames: int = 0  # masking frames sent in slots the caller left empty
+    engine_failures: int = 0  # engine passes that raised
+    fail_closed_frames: int = 0  # frames sent as silence because the engine did not run
+    digits: int = 0  # key presses published
+    duplicate_digits: int = 0  # reports folded into a press already counted
+
+
+# --------------------------------------------------------------------------- one leg
+
+
+class _Latch:
+    """Symmetric RTP address latching for one socket of one leg."""
+
+    __slots__ = ("_initial", "address", "last_rx", "relatch_after")
+
+    def __init__(self, relatch_after: float, initial: Address | None) -> None:
+        self.address: Address | None = None
+        self.last_rx = float("-inf")
+        self.relatch_after = relatch_after
+        self._initial = initial  # from SDP: where to send until the peer's packets latch
+
+    @property
+    def destination(self) -> Address | None:
+        return self.address if self.address is not None else self._initial
+
+    def accept(self, addr: Address, now: float, counters: LegCounters) -> bool:
+        if addr == self.address:
+            self.last_rx = now
+            return True
+        if self.address is None:
+            self.address = addr
+            self.last_rx = now
+            return True
+        if now - self.last_rx >= self.relatch_after:
+            self.address = addr
+            self.last_rx = now
+            counters.relatch += 1
+            return True
+        counters.hijack += 1
+        return False
+
+
+class _Leg:
+    """One leg: its peer (latched addresses, negotiated types, incoming SSRC) and the stream
+    we send it."""
+
+    def __init__(self, name: LegName, params: LegParams, config: MediaConfig) -> None:
+        self.name: LegName = name
+        self.params = params
+        self.counters = LegCounters()
+        self.rtp = _Latch(config.relatch_after_s, params.remote)
+        rtcp_initial = params.remote_rtcp
+        if rtcp_initial is None and params.remote is not None:
+            rtcp_initial = (params.remote[0], params.remote[1] + 1)
+        self.rtcp = _Latch(config.relatch_after_s, rtcp_initial)
+        self.out = StreamRewriter.create(ptime_ms=params.ptime_ms)
+        self.in_ssrc: int | None = None  # the peer's media SSRC, as last seen
+        self.rtcp_mux = False  # the peer sent RTCP on its RTP port
+
+    def update(self, params: LegParams) -> None:
+        self.params = params
+        self.rtp._initial = params.remote
+        rtcp_initial = params.remote_rtcp
+        if rtcp_initial is None and params.remote is not None:
+            rtcp_initial = (params.remote[0], params.remote[1] + 1)
+        self.rtcp._initial = rtcp_initial
+
+
+# --------------------------------------------------------------------------- the call
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A caller frame waiting for the engine, with the agent-stream header it will go in."""
+
+    pcm: Pcm
+    seq: int
+    ts: int
+    marker: bool
+    at: float  # arrival time: maps the engine's sample positions onto the media clock
+    fill: bool = False
+
+
+@dataclass(slots=True)
+class _Release:
+    """release_mask at input position ``end``, applied in order with the frames."""
+
+    end: int
+
+
+_Pending = _Frame | _Release
+
+
+class CallMedia:
+    """The media of one call. Create through :meth:`MediaEngine.open_call`.
+
+    Inputs: :meth:`receive` (a datagram, its source, the socket it came on, its arrival
+    time), :meth:`on_sip_info`, :meth:`tick`. Outputs: :meth:`datagrams_to_send` and
+    :meth:`events`. The caller-to-agent audio goes out when the engine flushes.
+    """
+
+    def __init__(
+        self,
+        engine: MediaEngine,
+        call_id: str,
+        caller: LegParams,
+        agent: LegParams,
+        config: MediaConfig,
+        now: float,
+    ) -> None:
+        self.call_id = call_id
+        self.config = config
+        self.engine = engine
+        self.caller = _Leg("caller", caller, config)
+        self.agent = _Leg("agent", agent, config)
+        self.counters = MediaCounters()
+        self.stream = engine.masker.add_stream()
+        self.closed = False
+        self._events: list[MediaEvent] = []
+        self._outbox: list[Datagram] = []
+        self._pending: deque[_Pending] = deque()
+        self._n_pending_frames = 0
+        self._receiver = self._make_receiver(caller)
+        self._dedup = DigitDeduplicator()
+        # caller timeline: sample position of everything queued for the engine so far, the
+        # caller RTP timestamp that position corresponds to, and the slot clock
+        self._fed = 0
+        self._ts_at_fed: int | None = None
+        self._ssrc_fed: int | None = None
+        self._anchor: tuple[int, int] | None = None  # (caller ts, position) of newest frame
+        self._slot_time = now  # arrival time of the newest frame queued (real or fill)
+        self._event_open = False
+        self._fill_until = -1  # keep filling empty slots until the engine has had this much
+        self._last_rx = now
+        self._timeout_reported = False
+
+    def _make_receiver(self, caller: LegParams) -> EventReceiver:
+        pts = () if caller.event_payload_type is None else (caller.event_payload_type,)
+        return EventReceiver(pts, end_timeout_ms=self.config.event_end_timeout_s * 1000.0)
+
+    # ----------------------------------------------------------------------- public API
+
+    def leg(self, name: LegName) -> _Leg:
+        return self.caller if name == "caller" else self.agent
+
+    def update_leg(self, name: LegName, params: LegParams) -> None:
+        """New SDP for one leg (re-INVITE): codec, payload types, SDP addresses."""
+        leg = self.leg(name)
+        leg.update(params)
+        if name == "caller":
+            self._receiver.payload_types = (
+                frozenset()
+                if params.event_payload_type is None
+                else frozenset((params.event_payload_type,))
+            )
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[MediaEvent]:
+        out, self._events = self._events, []
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._outbox or self._events)
+
+    def receive(
+        self, leg: LegName, data: bytes, addr: Address, now: float, *, rtcp_port: bool = False
+    ) -> None:
+        """One datagram that arrived on ``leg``'s RTP socket (its RTCP socket if
+        ``rtcp_port``) from ``addr`` at ``now``. Never raises on what the peer sent."""
+        if self.closed:
+            return
+        src = self.caller if leg == "caller" else self.agent
+        if rtcp_port or is_rtcp(data):
+            self._receive_rtcp(src, data, addr, now, muxed=not rtcp_port)
+            return
+        c = src.counters
+        try:
+            pt, seq, ts, ssrc, marker, start, stop = peek_rtp(data)
+        except RtpError as exc:
+            setattr(c, exc.reason, getattr(c, exc.reason) + 1)
+            return
+        params = src.params
+        is_audio = pt == params.audio_pt
+        if not is_audio and pt != params.event_payload_type:
+            c.unknown_pt += 1
+            return
+        if stop <= start:
+            c.short += 1
+            return
+        if not src.rtp.accept(addr, now, c):
+            return
+        c.rx_packets += 1
+        c.rx_bytes += len(data)
+        src.in_ssrc = ssrc
+        self._last_rx = now
+        self._timeout_reported = False
+        if src is self.agent:
+            self._relay_to_caller(data, pt, seq, ts, ssrc, marker, start, stop, is_audio, now)
+        elif is_audio:
+            self._caller_audio(data, seq, ts, ssrc, marker, start, stop, now)
+        else:
+            c.events_rx += 1
+            payload = data[start:stop]
+            for ev in self._receiver.receive(
+                payload_type=pt,
+                ssrc=ssrc,
+                timestamp=ts,
+                marker=marker,
+                payload=payload,
+                now=now * 1000.0,
+            ):
+                self._on_rtp_event(ev, ssrc)
+            self._fill_slots(now)
+
+    def on_sip_info(self, digit: str, duration_ms: float, now: float) -> None:
+        """A key press reported by SIP INFO (the B2BUA parsed it; it goes nowhere else)."""
+        self._offer(digit, "info", now * 1000.0, now * 1000.0 + max(duration_ms, 0.0))
+
+    def tick(self, now: float) -> None:
+        """Timer work, about every 20 ms: masking frames for empty slots during an RFC 4733
+        event, closing events whose end never came, the media timeout."""
+        if self.closed:
+            return
+        for ev in self._receiver.poll(now * 1000.0):
+            self._on_rtp_event(ev, ev.ssrc)
+        self._fill_slots(now)
+        idle = now - self._last_rx
+        if idle >= self.config.media_timeout_s and not self._timeout_reported:
+            self._timeout_reported = True
+            self._events.append(MediaTimeout(self.call_id, idle))
+            self.engine._ready[self.call_id] = self
+
+    def deadline(self) -> float:
+        """When :meth:`tick` next has work (seconds): the adapter's timer can sleep until."""
+        return self._last_rx + self.config.media_timeout_s
+
+    # ----------------------------------------------------------------------- agent -> caller
+
+    def _relay_to_caller(
+        self,
+        data: bytes,
+        pt: int,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        marker: bool,
+        start: int,
+        stop: int,
+        is_audio: bool,
+        now: float,
+    ) -> None:
+        dst = self.caller
+        if len(self._outbox) >= self.config.max_outbox:
+            self.agent.counters.flood += 1
+            return
+        if is_audio:
+            out_pt = dst.params.audio_pt
+        elif dst.params.event_payload_type is not None:
+            out_pt = dst.params.event_payload_type
+        else:
+            self.agent.counters.unknown_pt += 1  # the caller cannot take events
+            return
+        addr = dst.rtp.destination
+        if addr is None:
+            dst.counters.no_destination += 1
+            return
+        fields = dst.out.rewrite(seq, ts, ssrc, marker, now)
+        if fields is None:
+            self.agent.counters.late += 1
+            return
+        o_seq, o_ts, o_marker = fields
+        if is_audio and dst.params.codec != self.agent.params.codec:
+            pcm = _decode(self.agent.params.codec, data[start:stop])
+            packet = build_rtp(
+                out_pt,
+                o_seq,
+                o_ts,
+                dst.out.ssrc,
+                _encode(dst.params.codec, pcm).tobytes(),
+                marker=o_marker,
+            )
+        else:
+            packet = rewrite_rtp_header(data, o_seq, o_ts, dst.out.ssrc, o_marker, out_pt)
+        self._send(dst, False, addr, packet)
+
+    def _send(self, dst: _Leg, rtcp: bool, addr: Address, packet: bytes) -> None:
+        self._outbox.append(Datagram(dst.name, rtcp, addr, packet))
+        self.engine._ready[self.call_id] = self
+        if rtcp:
+            dst.counters.rtcp_tx += 1
+        else:
+            dst.counters.tx_packets += 1
+            dst.counters.tx_bytes += len(packet)
+
+    # ----------------------------------------------------------------------- RTCP
+
+    def _receive_rtcp(self, src: _Leg, data: bytes, addr: Address, now: float, muxed: bool) -> None:
+        c = src.counters
+        latch = src.rtp if muxed else src.rtcp
+        if not latch.accept(addr, now, c):
+            return
+        if muxed:
+            src.rtcp_mux = True
+        c.rtcp_rx += 1
+        self._last_rx = now
+        self._timeout_reported = False
+        dst = self.agent if src is self.caller else self.caller
+        if len(self._outbox) >= self.config.max_outbox:
+            c.flood += 1
+            return
+        # src's media SSRC -> the SSRC we send dst with; our SSRC towards src -> dst's own
+        table: dict[int, int] = {}
+        if src.in_ssrc is not None:
+            table[src.in_ssrc] = dst.out.ssrc
+        if dst.in_ssrc is not None:
+            table[src.out.ssrc] = dst.in_ssrc
+        try:
+            packet = rewrite_rtcp_ssrcs(data, table, rtp_timestamp=dst.out.translate_timestamp)
+        except RtcpError:
+            c.rtcp_malformed += 1
+            return
+        addr_out = dst.rtp.destination if dst.rtcp_mux else dst.rtcp.destination
+        if addr_out is None:
+            dst.counters.no_destination += 1
+            return
+        self._send(dst, not dst.rtcp_mux, addr_out, packet)
+
+    # ----------------------------------------------------------------------- caller -> agent
+
+    def _caller_audio(
+        self,
+        data: bytes,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        marker: bool,
+        start: int,
+        stop: int,
+        now: float,
+    ) -> None:
+        c = self.caller.counters
+        if self._n_pending_frames >= self.config.max_pending_frames:
+            c.flood += 1
+            return
+        if (
+            ssrc == self._ssrc_fed
+            and self._ts_at_fed is not None
+            and -SAMPLE_RATE * 2 < _ts_diff(ts, self._ts_at_fed) < 0
+        ):
+            # its slot is gone: already sent (a masking frame filled it, or a duplicate)
+            c.late += 1
+            return
+        fields = self.agent.out.rewrite(seq, ts, ssrc, marker, now)
+        if fields is None:
+            c.late += 1
+            return
+        pcm = _decode(self.caller.params.codec, memoryview(data)[start:stop])
+        n = int(pcm.size)
+        self._ssrc_fed = ssrc
+        self._ts_at_fed = (ts + n) % _TS_MOD
+        self._anchor = (ts, self._fed)
+        self._queue(_Frame(pcm, fields[0], fields[1], fields[2], now))
+        self._fed += n
+        self._slot_time = now
+
+    def _queue(self, item: _Pending) -> None:
+        if isinstance(item, _Frame):
+            self._n_pending_frames += 1
+        self._pending.append(item)
+        self.engine._dirty[self.stream] = self
+
+    def _position_of(self, ts: int) -> int:
+        """Engine input position of caller RTP timestamp ``ts`` (by the newest audio frame)."""
+        anchor = self._anchor
+        if anchor is None:
+            return self._fed
+        a_ts, a_pos = anchor
+        return max(a_pos + _ts_diff(ts, a_ts), 0)
+
+    def _on_rtp_event(self, ev: RtpDigitStarted | RtpDigitEnded | RtpOtherEvent, ssrc: int) -> None:
+        eng = self.engine.masker
+        if isinstance(ev, RtpOtherEvent):
+            return
+        start = self._position_of(ev.timestamp)
+        if isinstance(ev, RtpDigitStarted):
+            self._event_open = True
+            self._offer(ev.digit, "rfc4733", ev.started_at, None)
+            try:
+                eng.force_mask(self.stream, start, None)
+            except Exception:
+                self.counters.engine_failures += 1
+            return
+        self._offer(ev.digit, "rfc4733", ev.started_at, ev.ended_at)
+        end = start + ev.duration
+        self._event_open = False
+        # fill empty slots until the masked tail has come out of the delay line
+        self._fill_until = max(self._fill_until, end + eng.lookahead + 2 * 160)
+        self._queue(_Release(end))
+
+    def _fill_slots(self, now: float) -> None:
+        """Masking frames for the 20 ms slots the caller leaves empty during an event."""
+        if not (self._event_open or self._fed < self._fill_until):
+            return
+        if self._n_pending_frames >= self.config.max_pending_frames:
+            return
+        step = self.caller.params.ptime_ms / 1000.0
+        n = SAMPLE_RATE * self.caller.params.ptime_ms // 1000
+        made = 0
+        while (
+            now - self._slot_time >= step + self.config.slot_slack_s
+            and made < self.config.max_fill_per_tick
+            and self._n_pending_frames < self.config.max_pending_frames
+            and (self._event_open or self._fed < self._fill_until)
+        ):
+            seq, ts, marker = self.agent.out.insert(n, now=now)
+            self._queue(_Frame(np.zeros(n, np.int16), seq, ts, marker, now, fill=True))
+            self._fed += n
+            if self._ts_at_fed is not None:
+                self._ts_at_fed = (self._ts_at_fed + n) % _TS_MOD
+            self._slot_time += step
+            self.counters.fill_frames += 1
+            made += 1
+        if now - self._slot_time > 4 * step:
+            self._slot_time = now - step  # a stalled loop: do not catch up in a burst
+
+    # called by the engine during flush -----------------------------------------------------
+
+    def _next_frame(self) -> _Frame | None:
+        """The next queued frame, applying queued mask releases that precede it."""
+        eng = self.engine.masker
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, _Frame):
+                self._n_pending_frames -= 1
+                return item
+            try:
+                eng.release_mask(self.stream, item.end)
+            except Exception:
+                self.counters.engine_failures += 1
+        return None
+
+    def _emit(self, frame: _Frame, pcm: Pcm | None) -> None:
+        """Send one masked frame to the agent; ``pcm`` None means the engine did not run
+        for it: silence goes instead (fail closed, DESIGN.md invariant 4)."""
+        if pcm is None:
+            pcm = np.zeros(frame.pcm.size, np.int16)
+            self.counters.fail_closed_frames += 1
+        else:
+            self.counters.frames_masked_path += 1
+        dst = self.agent
+        addr = dst.rtp.destination
+        if addr is None:
+            dst.counters.no_destination += 1
+            return
+        payload = _encode(dst.params.codec, pcm).tobytes()
+        packet = build_rtp(
+            dst.params.audio_pt, frame.seq, frame.ts, dst.out.ssrc, payload, marker=frame.marker
+        )
+        self._send(dst, False, addr, packet)
+
+    def _engine_failed(self, frame: _Frame) -> None:
+        """The engine raised on a pass holding ``frame``: mask what it holds in its delay
+        line and the start of what comes next, whose detection lost its context."""
+        eng = self.engine.masker
+        self._emit(frame, None)
+        try:
+            pos = eng.position(self.stream)
+            eng.force_mask(self.stream, pos - eng.lookahead, pos + frame.pcm.size)
+        except Exception:
+            pass
+
+    def _on_engine_event(self, ev: DigitEvent, frame: _Frame, pos_after: int) -> None:
+        # media clock of a sample position: the frame that brought pos_after - 1 arrived at
+        # frame.at
+        def at(pos: int) -> float:
+            return frame.at * 1000.0 - (pos_after - pos) * 1000.0 / SAMPLE_RATE
+
+        if isinstance(ev, DigitStarted):
+            self._offer(ev.digit, "inband", at(ev.start), None)
+        elif isinstance(ev, DigitEnded):
+            self._offer(ev.digit, "inband", at(ev.start), at(ev.end))
+
+    def _offer(self, digit: str, source: Source, start_ms: float, end_ms: float | None) -> None:
+        try:
+            new = self._dedup.offer(digit, source, start_ms, end_ms)
+        except ValueError:
+            return
+        if new:
+            self.counters.digits += 1
+            self._events.append(CallDigit(self.call_id, digit, source, start_ms / 1000.0))
+            self.engine._ready[self.call_id] = self
+        else:
+            self.counters.duplicate_digits += 1
+
+
+# --------------------------------------------------------------------------- shared engine
+
+
+class MediaEngine:
+    """The masking engine shared by every call, run in batches.
+
+    ``flush`` takes the frames queued by all calls since the last flush and runs them in
+    rounds (a call's first queued frame in round 1, its second in round 2...), each round one
+    ``MaskingEngine.process`` call per frame length. A call that sent nothing is not in the
+    batch.
+    """
+
+    def __init__(
+        self,
+        mask_config: MaskConfig | None = None,
+        *,
+        capacity: int = 64,
+        masker: MaskingEngine | None = None,
+    ) -> None:
+        self.masker = masker if masker is not None else MaskingEngine(mask_config, capacity)
+        self.calls: dict[str, CallMedia] = {}
+        self._by_stream: dict[int, CallMedia] = {}
+        self._dirty: dict[int, CallMedia] = {}  # calls with frames queued
+        self._ready: dict[str, CallMedia] = {}  # calls with datagrams or events waiting
+        self.passes = 0  # process() calls
+        self.batched_frames = 0  # frames through them
+
+    def open_call(
+        self,
+        call_id: str,
+        caller: LegParams,
+        agent: LegParams,
+        config: MediaConfig | None = None,
+        *,
+        now: float = 0.0,
+    ) -> CallMedia:
+        if call_id in self.calls:
+            raise ValueError(f"call {call_id!r} already has media")
+        call = CallMedia(self, call_id, caller, agent, config or MediaConfig(), now)
+        self.calls[call_id] = call
+        self._by_stream[call.stream] = call
+        return call
+
+    def close_call(self, call: CallMedia) -> None:
+        if call.closed:
+            return
+        call.closed = True
+        self.calls.pop(call.call_id, None)
+        self._by_stream.pop(call.stream, None)
+        self._dirty.pop(call.stream, None)
+        call._pending.clear()
+        call._n_pending_frames = 0
+        self.masker.remove_stream(call.stream)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty)
+
+    def tick(self, now: float) -> None:
+        for call in list(self.calls.values()):
+            call.tick(now)
+
+    def flush(self) -> None:
+        """Run every queued caller frame through the engine, batched; the masked frames land
+        in their calls' outboxes."""
+        calls = list(self._dirty.values())
+        self._dirty.clear()
+        while calls:
+            groups: dict[int, list[tuple[CallMedia, _Frame]]] = {}
+            still: list[CallMedia] = []
+            for call in calls:
+                frame = call._next_frame()
+                if frame is None:
+                    continue
+                groups.setdefault(int(frame.pcm.size), []).append((call, frame))
+                still.append(call)
+            for items in groups.values():
+                self._run(items)
+            calls = still
+
+    def _run(self, items: list[tuple[CallMedia, _Frame]]) -> None:
+        sids = np.fromiter((c.stream for c, _ in items), np.int64, len(items))
+        frames = np.stack([f.pcm for _, f in items])
+        try:
+            out, events = self.masker.process(sids, frames)
+        except Exception:
+            for call, frame in items:
+                call.counters.engine_failures += 1
+                call._engine_failed(frame)
+            return
+        self.passes += 1
+        self.batched_frames += len(items)
+        for i, (call, frame) in enumerate(items):
+            call._emit(frame, out[i])
+        if events:
+            frame_of = {c.stream: (c, f) for c, f in items}
+            for ev in events:
+                hit = frame_of.get(ev.stream)
+                if hit is not None:
+                    c, f = hit
+                    c._on_engine_event(ev, f, self.masker.position(c.stream))
+
+    def ready_calls(self) -> list[CallMedia]:
+        """Calls with datagrams or events waiting (each once), and forget them."""
+        calls = list(self._ready.values())
+        self._ready.clear()
+        return calls
