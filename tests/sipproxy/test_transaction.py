@@ -693,3 +693,66 @@ def test_random_input_never_raises_and_terminates(kind, reliable, ops):
         assert steps < 200
     assert terminated == 1
     assert txn.deadline() is None
+
+
+_LAYER_OP = st.one_of(
+    st.tuples(st.just("advance"), st.floats(0.0, 20.0), st.integers(0, 3)),
+    st.tuples(st.just("request"), st.sampled_from(["INVITE", "BYE", "ACK", "CANCEL"]),
+              st.integers(0, 3)),
+    st.tuples(st.just("response"), _STATUSES, st.integers(0, 3)),
+    st.tuples(st.just("answer"), _STATUSES, st.integers(0, 3)),
+    st.tuples(st.just("send"), st.sampled_from(["INVITE", "OPTIONS"]), st.integers(0, 3)),
+    st.tuples(st.just("cancel"), st.none(), st.integers(0, 3)),
+    st.tuples(st.just("error"), st.none(), st.integers(0, 3)),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(_LAYER_OP, max_size=40), reliable=st.booleans())
+def test_layer_random_traffic_never_raises_and_empties(ops, reliable):
+    layer = TransactionLayer(timers=TimerConfig(timer_c=200.0))
+    transport = "TCP" if reliable else "UDP"
+    branches = [f"z9hG4bKb{i}" for i in range(4)]
+    server_keys: list[TransactionKey] = []
+    client: list[tuple[TransactionKey, SipRequest]] = []
+    now = 0.0
+    for op, arg, i in ops:
+        if op == "advance":
+            now += arg
+            layer.timer(now)
+        elif op == "request":
+            to_tag = "ttag" if arg in ("ACK", "BYE") else None
+            req = request(arg, branch=branches[i], transport=transport, to_tag=to_tag)
+            for e in layer.receive(req, now, source=PEER):
+                if isinstance(e, RequestReceived):
+                    server_keys.append(e.key)
+        elif op == "response" and client:
+            key, req = client[i % len(client)]
+            layer.receive(response(req, arg, to_tag=f"t{i}"), now)
+        elif op == "response":
+            layer.receive(response(request(branch=branches[i]), arg), now)
+        elif op == "answer" and server_keys:
+            key = server_keys[i % len(server_keys)]
+            txn = layer.get(key)
+            if txn is not None and not txn.has_final:
+                layer.send_response(key, response(txn.request, arg), now)
+        elif op == "send":
+            req = request(arg, branch=new_branch(), transport=transport)
+            key, _ = layer.send_request(req, PEER, now, reliable=reliable)
+            client.append((key, req))
+        elif op == "cancel" and client:
+            layer.cancel(client[i % len(client)][0], now)
+        elif op == "error" and client:
+            layer.transport_error(client[i % len(client)][0], now)
+    for key in server_keys:  # the TU answers whatever it left pending
+        txn = layer.get(key)
+        if txn is not None and not txn.has_final:
+            layer.send_response(key, response(txn.request, 486), now)
+    steps = 0
+    while (d := layer.deadline()) is not None:
+        now = max(now, d)
+        layer.timer(now)
+        steps += 1
+        assert steps < 1000
+    assert len(layer) == 0
+    assert not layer._scheduled and not layer._acks_2xx and not layer._pending_cancel
