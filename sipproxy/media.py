@@ -52,6 +52,7 @@ from .rtp import (
 )
 
 __all__ = [
+    "Address",
     "CallDigit",
     "CallMedia",
     "Codec",
@@ -777,7 +778,13 @@ class MediaEngine:
 
     @property
     def pending(self) -> bool:
+        """Frames are queued for the next :meth:`flush`."""
         return bool(self._dirty)
+
+    @property
+    def ready(self) -> bool:
+        """Some call has datagrams or events waiting (:meth:`ready_calls`)."""
+        return bool(self._ready)
 
     def tick(self, now: float) -> None:
         for call in list(self.calls.values()):

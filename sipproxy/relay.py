@@ -1,0 +1,286 @@
+"""The asyncio adapter of the media plane: sockets and timers around :mod:`sipproxy.media`.
+
+Each call gets two port pairs on the media address, one per leg (even RTP port, RTCP on the
+next one), from a configured range. Every datagram goes straight into the call's
+:class:`~sipproxy.media.CallMedia`; the first one of a loop iteration schedules a flush with
+``loop.call_soon``, so all frames that arrived in the same iteration, from every call, run
+through the masking engine in one batched pass, and what the core produced is sent. A timer
+ticks every 20 ms (masking frames for empty slots, RFC 4733 end timeouts, media timeouts)
+while any call is open; it is a timer handle, not a task.
+
+Works on the stdlib loop and on uvloop. On the stdlib loop the receive size is cut from
+256 KiB to ``recv_size`` (DESIGN.md performance notes: glibc's mmap per large recvfrom).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from .media import (
+    Address,
+    CallMedia,
+    LegName,
+    LegParams,
+    MediaConfig,
+    MediaEngine,
+    MediaEvent,
+)
+
+__all__ = ["CallEndpoints", "MediaRelay", "PortsExhausted", "RelayConfig", "RelayCounters"]
+
+
+class PortsExhausted(RuntimeError):
+    """No free RTP/RTCP port pair is left in the configured range."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Where media sockets live. ``port_min``..``port_max`` inclusive; RTP ports are even."""
+
+    media_address: str = "127.0.0.1"
+    port_min: int = 20000
+    port_max: int = 29999
+    # also open RTP+1 for RTCP (off: RTCP only multiplexed on the RTP port, RFC 5761)
+    rtcp_sockets: bool = True
+    # bytes per recvfrom on the stdlib loop (RTP packets of G.711 are 172 bytes)
+    recv_size: int = 2048
+    tick_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.port_min <= self.port_max <= 65535:
+            raise ValueError(f"port range {self.port_min}-{self.port_max} not within 1024-65535")
+        lo = self.port_min + (self.port_min & 1)
+        if lo + (1 if self.rtcp_sockets else 0) > self.port_max:
+            raise ValueError(f"port range {self.port_min}-{self.port_max} holds no port pair")
+        if not 256 <= self.recv_size <= 65536:
+            raise ValueError(f"recv_size must be within 256..65536, got {self.recv_size}")
+        if not 0.001 <= self.tick_s <= 0.1:
+            raise ValueError(f"tick_s must be within 0.001..0.1, got {self.tick_s}")
+
+
+@dataclass(slots=True)
+class RelayCounters:
+    """Plain ints for the whole relay."""
+
+    datagrams_rx: int = 0
+    datagrams_tx: int = 0
+    flushes: int = 0
+    socket_errors: int = 0
+    dropped_unbound: int = 0  # output for a socket that was already closed
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One socket of one leg: hands datagrams to the relay."""
+
+    __slots__ = ("call", "leg", "relay", "rtcp", "transport")
+
+    def __init__(self, relay: MediaRelay, call: CallMedia, leg: LegName, rtcp: bool) -> None:
+        self.relay = relay
+        self.call = call
+        self.leg: LegName = leg
+        self.rtcp = rtcp
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the stdlib's selector transport is not a DatagramTransport subclass
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        if hasattr(transport, "max_size"):  # the stdlib selector transport
+            transport.max_size = self.relay.config.recv_size
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.relay._received(self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.relay.counters.socket_errors += 1  # e.g. ICMP port unreachable from a peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+@dataclass(slots=True)
+class CallEndpoints:
+    """The sockets of one call. RTCP ports are RTP + 1 (when RTCP sockets are on)."""
+
+    call_id: str
+    media: CallMedia
+    caller_port: int
+    agent_port: int
+    endpoints: dict[tuple[LegName, bool], _Endpoint] = field(default_factory=dict)
+
+    def transport(self, leg: LegName, rtcp: bool) -> asyncio.DatagramTransport | None:
+        ep = self.endpoints.get((leg, rtcp)) or self.endpoints.get((leg, False))
+        return None if ep is None else ep.transport
+
+
+class MediaRelay:
+    """All calls' media sockets on one loop, around one shared :class:`MediaEngine`.
+
+    ``on_event`` receives every :class:`~sipproxy.media.MediaEvent` (digits, timeouts).
+    """
+
+    def __init__(
+        self,
+        engine: MediaEngine | None = None,
+        config: RelayConfig | None = None,
+        *,
+        on_event: Callable[[MediaEvent], None] | None = None,
+    ) -> None:
+        self.engine = engine or MediaEngine()
+        self.config = config or RelayConfig()
+        self.on_event = on_event
+        self.counters = RelayCounters()
+        self.calls: dict[str, CallEndpoints] = {}
+        self._used: set[int] = set()
+        self._cursor = self.config.port_min + (self.config.port_min & 1)
+        self._flush_scheduled = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------------- calls
+
+    async def open_call(
+        self,
+        call_id: str,
+        caller: LegParams,
+        agent: LegParams,
+        media_config: MediaConfig | None = None,
+    ) -> CallEndpoints:
+        """Open both legs' sockets and the call's media. Raises :class:`PortsExhausted`."""
+        if self._closed:
+            raise RuntimeError("the media relay is closed")
+        if call_id in self.calls:
+            raise ValueError(f"call {call_id!r} already has media")
+        loop = self._loop = asyncio.get_running_loop()
+        media = self.engine.open_call(call_id, caller, agent, media_config, now=loop.time())
+        handle = CallEndpoints(call_id, media, 0, 0)
+        try:
+            handle.caller_port = await self._bind_pair(handle, "caller")
+            handle.agent_port = await self._bind_pair(handle, "agent")
+        except BaseException:
+            self._release(handle)
+            raise
+        self.calls[call_id] = handle
+        if self._tick_handle is None:
+            self._schedule_tick(loop.time() + self.config.tick_s)
+        return handle
+
+    def close_call(self, call_id: str) -> None:
+        """Close a call's sockets and free its ports and engine stream (idempotent)."""
+        handle = self.calls.pop(call_id, None)
+        if handle is None:
+            return
+        self._release(handle)
+        if not self.calls and self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    async def close(self) -> None:
+        """Close every call; returns once the sockets are closed."""
+        self._closed = True
+        for call_id in list(self.calls):
+            self.close_call(call_id)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        await asyncio.sleep(0)  # let the transports run connection_lost
+        await asyncio.sleep(0)
+
+    def _release(self, handle: CallEndpoints) -> None:
+        for ep in handle.endpoints.values():
+            if ep.transport is not None:
+                ep.transport.close()
+        handle.endpoints.clear()
+        for port in (handle.caller_port, handle.agent_port):
+            if port:
+                self._used.discard(port)
+        self.engine.close_call(handle.media)
+
+    # ----------------------------------------------------------------------- ports
+
+    async def _bind_pair(self, handle: CallEndpoints, leg: LegName) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        first = cfg.port_min + (cfg.port_min & 1)
+        last = cfg.port_max - (1 if cfg.rtcp_sockets else 0)
+        n_pairs = (last - first) // 2 + 1
+        for _ in range(n_pairs):
+            port = self._cursor
+            self._cursor = port + 2 if port + 2 <= last else first
+            if port in self._used:
+                continue
+            made: list[_Endpoint] = []
+            try:
+                for rtcp in (False, True) if cfg.rtcp_sockets else (False,):
+                    ep = _Endpoint(self, handle.media, leg, rtcp)
+                    await loop.create_datagram_endpoint(
+                        lambda ep=ep: ep,  # type: ignore[misc]
+                        local_addr=(cfg.media_address, port + rtcp),
+                        family=socket.AF_INET6 if ":" in cfg.media_address else socket.AF_INET,
+                    )
+                    made.append(ep)
+            except OSError as exc:
+                for ep in made:
+                    if ep.transport is not None:
+                        ep.transport.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # someone else has it: try the next pair
+                raise
+            self._used.add(port)
+            for ep in made:
+                handle.endpoints[(leg, ep.rtcp)] = ep
+            return port
+        raise PortsExhausted(
+            f"no free RTP/RTCP port pair in {cfg.port_min}-{cfg.port_max} on "
+            f"{cfg.media_address} ({len(self._used)} pairs in use by this relay)"
+        )
+
+    # ----------------------------------------------------------------------- I/O
+
+    def _received(self, ep: _Endpoint, data: bytes, addr: Address) -> None:
+        assert self._loop is not None
+        self.counters.datagrams_rx += 1
+        ep.call.receive(ep.leg, data, (addr[0], addr[1]), self._loop.time(), rtcp_port=ep.rtcp)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.counters.flushes += 1
+        self.engine.flush()
+        for media in self.engine.ready_calls():
+            handle = self.calls.get(media.call_id)
+            datagrams = media.datagrams_to_send()
+            events = media.events()
+            if handle is not None:
+                for d in datagrams:
+                    transport = handle.transport(d.leg, d.rtcp)
+                    if transport is None:
+                        self.counters.dropped_unbound += 1
+                        continue
+                    transport.sendto(d.data, d.address)
+                    self.counters.datagrams_tx += 1
+            if self.on_event is not None:
+                for ev in events:
+                    self.on_event(ev)
+
+    def _schedule_tick(self, when: float) -> None:
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_at(when, self._tick, when)
+
+    def _tick(self, when: float) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self.engine.tick(now)
+        if self.engine.pending or self.engine.ready:
+            self._flush()
+        nxt = when + self.config.tick_s
+        if nxt < now:  # the loop stalled: do not fire a burst of ticks to catch up
+            nxt = now + self.config.tick_s
+        self._schedule_tick(nxt)
