@@ -176,7 +176,9 @@ def _pair_gram_inverse(n: int) -> npt.NDArray[np.float64]:
     return out
 
 
-_GINV = {n: _pair_gram_inverse(n) for n in (BLOCK, 2 * BLOCK, 4 * BLOCK)}
+# indexed [log2(n / BLOCK), row, col - 4]: windows of 5, 10 and 20 ms
+_GINV = np.stack([_pair_gram_inverse(n) for n in (BLOCK, 2 * BLOCK, 4 * BLOCK)])
+Win = npt.NDArray[np.int64]  # window length in samples, per candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ class _Fit:
     explained: npt.NDArray[np.float64]  # window energy the two-tone fit accounts for
 
 
-def _decouple(x_row: C64, x_col: C64, r: I64, c: I64, n: int) -> _Fit:
+def _decouple(x_row: C64, x_col: C64, r: I64, c: I64, n: Win) -> _Fit:
     """Least-squares fit of both tones at their nominal frequencies.
 
     With a strong low tone (8 dB normal twist) the rectangular window's sidelobe at the
@@ -195,7 +197,8 @@ def _decouple(x_row: C64, x_col: C64, r: I64, c: I64, n: int) -> _Fit:
     energy depends on its phase, so the share of energy explained comes from the fit itself.
     """
     proj = np.stack([x_row.real, -x_row.imag, x_col.real, -x_col.imag], axis=-1).astype(np.float64)
-    beta = np.einsum("mij,mj->mi", _GINV[n][r, c - 4], proj)
+    size = np.log2(n // BLOCK).astype(np.int64)
+    beta = np.einsum("mij,mj->mi", _GINV[size, r, c - 4], proj)
     half = n / 2.0
     return _Fit(
         (beta[:, 0] - 1j * beta[:, 1]) * half,
@@ -204,7 +207,7 @@ def _decouple(x_row: C64, x_col: C64, r: I64, c: I64, n: int) -> _Fit:
     )
 
 
-def _leak(df: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+def _leak(df: npt.NDArray[np.float64], n: Win) -> npt.NDArray[np.float64]:
     """Magnitude response of an n-sample rectangular DFT to a tone ``df`` Hz off its bin."""
     x = np.pi * df / SAMPLE_RATE
     small = np.abs(x) < 1e-9
@@ -213,14 +216,6 @@ def _leak(df: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
     out: npt.NDArray[np.float64] = np.where(small, 1.0, np.abs(num / den))
     # beyond the first null the correction would only amplify noise
     return np.maximum(out, 0.3)
-
-
-def _amp_to_power(
-    mag2: npt.NDArray[np.float64], df: npt.NDArray[np.float64], n: int
-) -> npt.NDArray[np.float64]:
-    """Energy (sum of squares over the window) of a tone from its DFT magnitude squared."""
-    d = _leak(df, n)
-    return 2.0 * mag2 / (n * d * d)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +244,9 @@ class _Measure:
     f_col: npt.NDArray[np.float64]
     imbalance_db: npt.NDArray[np.float64]  # worst tone-energy difference between the halves
 
+    def take(self, part: slice) -> _Measure:
+        return _Measure(*(getattr(self, f)[part] for f in self.__slots__))
+
     def accept(self, lim: _Limits) -> npt.NDArray[np.bool_]:
         twist = self.lvl_row - self.lvl_col
         ok: npt.NDArray[np.bool_] = (
@@ -271,7 +269,7 @@ class _Measure:
         return ok
 
 
-def _level(p: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+def _level(p: npt.NDArray[np.float64], n: Win) -> npt.NDArray[np.float64]:
     """dBm0 of a tone whose energy over an n-sample window is ``p``."""
     out: npt.NDArray[np.float64] = FULL_SCALE_DBM0 + 10.0 * np.log10(
         np.maximum(2.0 * p / n, 1e-12) / FULL_SCALE**2
@@ -290,9 +288,9 @@ def _measure(
     c: I64,
     total_a: npt.NDArray[np.float64],
     total_b: npt.NDArray[np.float64],
-    n: int,
+    n: Win,
 ) -> _Measure:
-    """Measure the chosen row/col pair in each candidate window.
+    """Measure the chosen row/col pair in each candidate window (of ``n`` samples each).
 
     ``x_*`` is the window's coefficient at the chosen row/col bin; ``a_*``/``b_*`` are the
     coefficients of its two halves (each relative to its own first sample). The frequency
@@ -310,7 +308,7 @@ def _measure(
         np.concatenate([a_col, b_col]),
         np.concatenate([r, r]),
         np.concatenate([c, c]),
-        half,
+        np.concatenate([half, half]),
     )
     fa_row, fb_row = fh.row[:m], fh.row[m:]
     fa_col, fb_col = fh.col[:m], fh.col[m:]
@@ -367,7 +365,20 @@ def _measure(
     )
 
 
-def _measure_candidates(
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """Candidate windows gathered for measurement: where they are and what they hold."""
+
+    i: I64  # stream row in the batch
+    j: I64  # window (new sub-block) index
+    row: I64
+    col: I64
+    coeffs: tuple[C64, C64, C64, C64, C64, C64]  # whole/first/second at row, then at col
+    t_first: npt.NDArray[np.float64]
+    t_second: npt.NDArray[np.float64]
+
+
+def _gather(
     cand: npt.NDArray[np.bool_],
     row: I64,
     col: I64,
@@ -376,32 +387,31 @@ def _measure_candidates(
     second: C64,
     t_first: npt.NDArray[np.float64],
     t_second: npt.NDArray[np.float64],
-    n: int,
-) -> tuple[I64, I64, I64, I64, _Measure] | None:
-    """Measure the candidate windows (stream i, window j) at their strongest row/col bins.
+) -> _Candidates:
+    """The candidate windows (stream i, window j) at their strongest row/col bins.
 
     ``whole``, ``first``, ``second`` are the (s, k, bins) coefficients of the window and of
     its two halves; ``t_*`` the halves' energies.
     """
     i, j = np.nonzero(cand)
-    if i.size == 0:
-        return None
     r = row[i, j]
     c = col[i, j]
-    m = _measure(
-        whole[i, j, r],
-        whole[i, j, c],
-        first[i, j, r],
-        second[i, j, r],
-        first[i, j, c],
-        second[i, j, c],
+    return _Candidates(
+        i,
+        j,
         r,
         c,
+        (
+            whole[i, j, r],
+            first[i, j, r],
+            second[i, j, r],
+            whole[i, j, c],
+            first[i, j, c],
+            second[i, j, c],
+        ),
         t_first[i, j],
         t_second[i, j],
-        n,
     )
-    return i, j, r, c, m
 
 
 def selector(sids: I64) -> slice | I64:
@@ -656,20 +666,37 @@ class DtmfDetector:
         loose = np.zeros((s, k), dtype=np.bool_)
         loose10 = np.zeros((s, k), dtype=np.bool_)
         t0, t1, t2, t3 = t[:, 0:k], t[:, 1 : k + 1], t[:, 2 : k + 2], t[:, 3 : k + 3]
-        found = _measure_candidates(cand20, row20, col20, x20, h1, h2, t0 + t1, t2 + t3, 4 * BLOCK)
-        if found is not None:
-            i, j, r, cl, m = found
-            ok = m.accept(self._strict)
-            strict_digit[i[ok], j[ok]] = r[ok] * 4 + (cl[ok] - 4)
-            lok = m.accept(self._loose)
-            loose[i[lok], j[lok]] = True
-        found = _measure_candidates(cand10, row10, col10, h2, c2, c3, t2, t3, 2 * BLOCK)
-        if found is not None:
-            i, j, _, _, m = found
-            lok = m.accept(self._loose) | (
-                m.accept(self._burst) & (m.half_ratio >= cfg.burst_min_half_ratio)
+        w20 = _gather(cand20, row20, col20, x20, h1, h2, t0 + t1, t2 + t3)
+        w10 = _gather(cand10, row10, col10, h2, c2, c3, t2, t3)
+        n20, n10 = w20.i.size, w10.i.size
+        if n20 + n10:
+            # one measurement pass over both window lengths: its cost is mostly per call
+            cat = [np.concatenate([u, v]) for u, v in zip(w20.coeffs, w10.coeffs, strict=True)]
+            m = _measure(
+                cat[0],
+                cat[3],
+                cat[1],
+                cat[2],
+                cat[4],
+                cat[5],
+                np.concatenate([w20.row, w10.row]),
+                np.concatenate([w20.col, w10.col]),
+                np.concatenate([w20.t_first, w10.t_first]),
+                np.concatenate([w20.t_second, w10.t_second]),
+                np.concatenate([np.full(n20, 4 * BLOCK), np.full(n10, 2 * BLOCK)]),
             )
-            loose10[i[lok], j[lok]] = True
+            if n20:
+                m20 = m.take(slice(0, n20))
+                ok = m20.accept(self._strict)
+                strict_digit[w20.i[ok], w20.j[ok]] = w20.row[ok] * 4 + (w20.col[ok] - 4)
+                lok = m20.accept(self._loose)
+                loose[w20.i[lok], w20.j[lok]] = True
+            if n10:
+                m10 = m.take(slice(n20, None))
+                lok = m10.accept(self._loose) | (
+                    m10.accept(self._burst) & (m10.half_ratio >= cfg.burst_min_half_ratio)
+                )
+                loose10[w10.i[lok], w10.j[lok]] = True
 
         # mask triggers: window [first sample, end sample) per hit
         ms: list[I64] = []
