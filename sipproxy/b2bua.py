@@ -1,0 +1,706 @@
+"""The B2BUA call model, sans-I/O: two dialogs per call, media anchored on the proxy.
+
+A call comes in from a trunk (the caller's leg, "A") and goes out to the upstream PBX (the
+agent's leg, "B") as a new INVITE with its own Call-ID, tags and branches. The proxy answers
+the caller itself from the PBX's responses, rewrites every SDP so both legs send their RTP
+to the proxy's media relay, and forwards in-dialog requests from one leg to the other.
+
+Messages in (``receive``), messages out (:class:`~sipproxy.transaction.SendMessage` in the
+returned list), timers by ``deadline()``/``timer(now)``. The media plane is reached through
+the narrow :class:`MediaControl` interface; SIP INFO DTMF from the caller is answered here,
+handed to the media plane as a digit, and never forwarded toward the agent.
+
+Scope and simplifications (each is deliberate, and logged per call where it applies):
+
+- Calls are set up from trunk to PBX only; an INVITE from a source outside the trunk
+  allow-list is refused with 403.
+- Early offer only: an INVITE without SDP is refused with 488 (late offer is rare on trunks).
+- Reliable provisionals (100rel) are not used on either leg: ``100rel`` is removed from
+  Supported toward the PBX, and a caller that *requires* it gets 420.
+- In-dialog requests toward the caller go to the address its INVITE came from (symmetric
+  signalling, as behind NAT), toward the PBX to the configured upstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import structlog
+
+from sipproxy.dialog import Dialog, DialogError, new_invite, new_tag
+from sipproxy.sdp import SdpError, SessionDescription, anchor_media, has_g711, negotiate, parse_sdp
+from sipproxy.sipmessage import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    build_response,
+    parse_uri,
+)
+from sipproxy.transaction import (
+    DEFAULT_TIMERS,
+    AckReceived,
+    Address,
+    CancelReceived,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    SendMessage,
+    StrayResponse,
+    TimerConfig,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTimeout,
+)
+
+log = structlog.get_logger("sipproxy.b2bua")
+
+Side = Literal["caller", "pbx"]
+CodecFallback = Literal["reject", "rfc4733_only"]
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+# headers carried from one leg's request/response to the other's (the rest is per leg)
+_CARRIED = ("Content-Type", "Authorization", "Proxy-Authorization", "Subject", "Priority")
+_CARRIED_RESPONSE = ("WWW-Authenticate", "Proxy-Authenticate", "Retry-After", "Warning", "Reason")
+_DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
+
+
+@dataclass(frozen=True, slots=True)
+class LegMedia:
+    """What SDP negotiation decided for one leg: where its peer listens, and the formats."""
+
+    remote: Address | None  # None: hold with a null address, or no audio
+    codec: str | None  # "PCMU" / "PCMA" / other name; None: no common voice codec
+    codec_pt: int | None
+    telephone_event_pt: int | None
+    direction: str
+
+
+class MediaControl(Protocol):
+    """The call-control side of the media plane."""
+
+    def allocate(self, call_id: str) -> tuple[int, int]:
+        """RTP ports on the media address for the caller-facing and PBX-facing legs."""
+
+    def configure(self, call_id: str, side: Side, leg: LegMedia, *, masked: bool) -> None:
+        """Apply negotiated media for one leg (``masked``: in-band masking can run)."""
+
+    def release(self, call_id: str) -> None:
+        """Free the call's sockets and engine streams."""
+
+    def sip_info_digit(self, call_id: str, digit: str, duration_ms: int, now: float) -> None:
+        """A DTMF key press the caller sent as SIP INFO."""
+
+
+@dataclass(frozen=True, slots=True)
+class B2BConfig:
+    sip_host: str  # our address as peers reach it (Via sent-by, Contact)
+    sip_port: int
+    pbx: Address
+    media_address: str
+    trunks_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    codec_fallback: CodecFallback = "reject"
+    transport: str = "UDP"
+
+    @property
+    def via(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sip_host}:{self.sip_port}"
+
+    @property
+    def contact(self) -> str:
+        return f"sip:{self.sip_host}:{self.sip_port}"
+
+
+@dataclass(eq=False)
+class Call:
+    """One call: the caller's leg (we are its UAS) and the PBX leg (we are its UAC)."""
+
+    id: str
+    a_invite: SipRequest
+    a_key: TransactionKey
+    a_source: Address
+    a_tag: str
+    a_offer: SessionDescription
+    ports: tuple[int, int]
+    b_invite: SipRequest | None = None
+    b_key: TransactionKey | None = None
+    a_dialog: Dialog | None = None
+    b_dialog: Dialog | None = None
+    state: Literal["trying", "early", "up", "ended"] = "trying"
+    cancelled: bool = False
+    masked: bool = True
+    # forwarded in-dialog requests: our client key -> (side it came from, its server key,
+    # the request as received)
+    forwarded: dict[TransactionKey, tuple[Side, TransactionKey, SipRequest]] = field(
+        default_factory=dict
+    )
+    # the SDP offer we forwarded on each pending re-INVITE/UPDATE (for the answer's rewrite)
+    offers: dict[TransactionKey, SessionDescription] = field(default_factory=dict)
+
+    @property
+    def b_call_id(self) -> str | None:
+        return self.b_invite.call_id if self.b_invite is not None else None
+
+
+@dataclass(slots=True)
+class B2BCounters:
+    calls_started: int = 0
+    calls_answered: int = 0
+    calls_failed: int = 0
+    calls_ended: int = 0
+    refused_trunk: int = 0
+    refused_codec: int = 0
+    info_digits: int = 0
+    options_answered: int = 0
+
+
+class B2BUA:
+    def __init__(
+        self,
+        config: B2BConfig,
+        media: MediaControl,
+        *,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        max_calls: int = 10_000,
+    ) -> None:
+        self.config = config
+        self.media = media
+        self.layer = TransactionLayer(timers=timers)
+        self.max_calls = max_calls
+        self.counters = B2BCounters()
+        self.draining = False
+        self._calls: dict[str, Call] = {}  # by caller-leg Call-ID and by PBX-leg Call-ID
+        self._ids = itertools.count(1)
+
+    # -- inspection --------------------------------------------------------------------------
+    @property
+    def calls(self) -> list[Call]:
+        seen: dict[int, Call] = {}
+        for call in self._calls.values():
+            seen[id(call)] = call
+        return list(seen.values())
+
+    def deadline(self) -> float | None:
+        return self.layer.deadline()
+
+    # -- input -------------------------------------------------------------------------------
+    def receive(
+        self, message: SipRequest | SipResponse, source: Address, now: float
+    ) -> list[SendMessage]:
+        return self._handle(self.layer.receive(message, now, source=source), now, source)
+
+    def timer(self, now: float) -> list[SendMessage]:
+        return self._handle(self.layer.timer(now), now, None)
+
+    def hangup(self, call: Call, now: float, reason: str) -> list[SendMessage]:
+        """End ``call`` from the proxy's side (media timeout, drain, shutdown): BYE both legs,
+        or cancel/refuse whatever is still being set up."""
+        out: list[Event] = []
+        log.info("call ending", call=call.id, reason=reason)
+        if call.state == "up":
+            out += self._bye(call, "caller", now)
+            out += self._bye(call, "pbx", now)
+        elif call.state in ("trying", "early"):
+            out += self._final_to_caller(call, 480 if reason != "shutdown" else 503, now)
+            if call.b_key is not None:
+                out += self.layer.cancel(call.b_key, now)
+        self._end(call)
+        return self._sends(out)
+
+    def drain(self) -> None:
+        """Refuse new calls from now on (SIGTERM); existing calls go on."""
+        self.draining = True
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _handle(
+        self, events: Iterable[Event], now: float, source: Address | None
+    ) -> list[SendMessage]:
+        out: list[Event] = []
+        for ev in events:
+            if isinstance(ev, SendMessage):
+                out.append(ev)
+            elif isinstance(ev, RequestReceived):
+                out += self._on_request(ev.request, ev.key, source, now)
+            elif isinstance(ev, ResponseReceived):
+                out += self._on_response(ev.response, ev.key, now)
+            elif isinstance(ev, CancelReceived):
+                out += self._on_cancel(ev.key, now)
+            elif isinstance(ev, AckReceived):
+                pass  # the caller's ACK for our 2xx: the PBX leg was ACKed on its 2xx
+            elif isinstance(ev, StrayResponse):
+                out += self._on_stray_response(ev.response, now)
+            elif isinstance(ev, TransactionTimeout):
+                out += self._on_timeout(ev.key, ev.timer, now)
+        return self._sends(out)
+
+    @staticmethod
+    def _sends(events: Iterable[Event]) -> list[SendMessage]:
+        return [e for e in events if isinstance(e, SendMessage)]
+
+    def _respond(
+        self,
+        key: TransactionKey,
+        request: SipRequest,
+        status: int,
+        now: float,
+        *,
+        to_tag: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> list[Event]:
+        hdrs = list(headers)
+        if 200 <= status < 300 and request.method in ("INVITE", "UPDATE"):
+            hdrs.append(("Contact", f"<{self.config.contact}>"))
+        response = build_response(request, status, to_tag=to_tag, headers=hdrs, body=body)
+        return self.layer.send_response(key, response, now)
+
+    # -- requests ----------------------------------------------------------------------------
+    def _on_request(
+        self, request: SipRequest, key: TransactionKey, source: Address | None, now: float
+    ) -> list[Event]:
+        try:
+            to_tag = request.to.tag
+            call = self._calls.get(request.call_id)
+        except (SipParseError, ValueError):
+            return self._respond(key, request, 400, now)
+        if to_tag:
+            if call is None:
+                return self._respond(key, request, 481, now)
+            return self._in_dialog(call, request, key, now)
+        if request.method == "INVITE":
+            if call is not None:  # a retransmission is absorbed by the layer; this is a loop
+                return self._respond(key, request, 482, now)
+            return self._new_call(request, key, source, now)
+        if request.method == "OPTIONS":
+            self.counters.options_answered += 1
+            return self._respond(key, request, 200, now, headers=[("Allow", ALLOW)])
+        return self._respond(key, request, 405, now, headers=[("Allow", ALLOW)])
+
+    def _trunk_allowed(self, source: Address | None) -> bool:
+        if not self.config.trunks_allow:
+            return True
+        if source is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(source[0])
+        except ValueError:
+            return False
+        return any(addr in net for net in self.config.trunks_allow)
+
+    def _new_call(
+        self, request: SipRequest, key: TransactionKey, source: Address | None, now: float
+    ) -> list[Event]:
+        if not self._trunk_allowed(source):
+            self.counters.refused_trunk += 1
+            log.warning("call refused: source not in trunks.allow", source=source)
+            return self._respond(key, request, 403, now)
+        if self.draining or len(self.calls) >= self.max_calls:
+            return self._respond(key, request, 503, now, headers=[("Retry-After", "30")])
+        require = {v.strip().lower() for v in request.headers.get_all("Require")}
+        if "100rel" in require:
+            return self._respond(key, request, 420, now, headers=[("Unsupported", "100rel")])
+        if not request.body:
+            return self._respond(
+                key, request, 488, now, headers=[("Warning", '399 - "no SDP offer"')]
+            )
+        try:
+            offer = parse_sdp(request.body)
+            audio = [m for _, m in offer.audio() if not m.rejected]
+        except SdpError:
+            return self._respond(key, request, 400, now)
+        if len(audio) != 1:
+            return self._respond(
+                key, request, 488, now, headers=[("Warning", '399 - "one audio stream"')]
+            )
+        masked = has_g711(audio[0])
+        call_id = f"c{next(self._ids)}"
+        if not masked:
+            if self.config.codec_fallback == "reject":
+                self.counters.refused_codec += 1
+                log.warning("call refused: no G.711 codec offered", call=call_id)
+                return self._respond(key, request, 488, now)
+            log.warning("no G.711 codec: RFC 4733-only masking", call=call_id)
+        self.counters.calls_started += 1
+        a_port, b_port = self.media.allocate(call_id)
+        assert source is not None  # a trunk-allowed INVITE has a source
+        call = Call(
+            id=call_id,
+            a_invite=request,
+            a_key=key,
+            a_source=source,
+            a_tag=new_tag(),
+            a_offer=offer,
+            ports=(a_port, b_port),
+            masked=masked,
+        )
+        self._calls[request.call_id] = call
+        b_offer = anchor_media(offer, self.config.media_address, [b_port])
+        invite = self._pbx_invite(request, b_offer.to_bytes())
+        call.b_invite = invite
+        self._calls[invite.call_id] = call
+        call.b_key, out = self.layer.send_request(invite, self.config.pbx, now)
+        log.info("call started", call=call.id, source=source)
+        return out
+
+    def _pbx_invite(self, a_invite: SipRequest, body: bytes) -> SipRequest:
+        pbx_host, pbx_port = self.config.pbx
+        uri = parse_uri(a_invite.uri, request_uri=True)
+        user = getattr(uri, "user", None)
+        request_uri = f"sip:{user}@{pbx_host}:{pbx_port}" if user else f"sip:{pbx_host}:{pbx_port}"
+        from_ = a_invite.from_
+        to = a_invite.to
+        from_user = getattr(from_.uri, "user", None) or "anonymous"
+        to_user = getattr(to.uri, "user", None)
+        headers = [
+            (name, value)
+            for name in _CARRIED
+            if name != "Content-Type"
+            for value in a_invite.headers.get_all(name)
+        ]
+        supported = [
+            v for v in a_invite.headers.get_all("Supported") if v.strip().lower() != "100rel"
+        ]
+        headers += [("Supported", v) for v in supported]
+        headers.append(("Allow", ALLOW))
+        return new_invite(
+            request_uri,
+            from_uri=f"sip:{from_user}@{self.config.sip_host}",
+            to_uri=f"sip:{to_user}@{pbx_host}" if to_user else f"sip:{pbx_host}",
+            contact=self.config.contact,
+            via=self.config.via,
+            from_display_name=from_.display_name,
+            headers=headers,
+            body=body,
+        )
+
+    def _in_dialog(
+        self, call: Call, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event]:
+        side: Side = "caller" if request.call_id == call.a_invite.call_id else "pbx"
+        dialog = call.a_dialog if side == "caller" else call.b_dialog
+        if dialog is None or call.state == "ended":
+            return self._respond(key, request, 481, now)
+        try:
+            refused = dialog.receive_request(request)
+        except DialogError:
+            refused = build_response(request, 481)
+        if refused is not None:
+            return self.layer.send_response(key, refused, now)
+        method = request.method
+        if method == "BYE":
+            out = self._respond(key, request, 200, now)
+            other: Side = "pbx" if side == "caller" else "caller"
+            out += self._bye(call, other, now)
+            log.info("call ended", call=call.id, by=side)
+            self._end(call)
+            return out
+        if method == "OPTIONS":
+            return self._respond(key, request, 200, now, headers=[("Allow", ALLOW)])
+        if method == "INFO" and side == "caller" and self._is_dtmf_info(request):
+            digit, duration = _parse_dtmf_info(request)
+            out = self._respond(key, request, 200, now)
+            if digit is not None:
+                self.counters.info_digits += 1
+                self.media.sip_info_digit(call.id, digit, duration, now)
+                log.info("digit detected", call=call.id, source="info")
+            return out
+        if method in ("INVITE", "UPDATE", "INFO", "MESSAGE", "NOTIFY", "REFER"):
+            return self._forward(call, side, request, key, now)
+        return self._respond(key, request, 405, now, headers=[("Allow", ALLOW)])
+
+    @staticmethod
+    def _is_dtmf_info(request: SipRequest) -> bool:
+        ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        return ctype in _DTMF_INFO_TYPES
+
+    def _forward(
+        self, call: Call, side: Side, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event]:
+        """Send an in-dialog request on to the other leg, SDP anchored on the proxy."""
+        other: Side = "pbx" if side == "caller" else "caller"
+        dialog = call.b_dialog if other == "pbx" else call.a_dialog
+        if dialog is None:
+            return self._respond(key, request, 491, now)
+        body = request.body
+        offer: SessionDescription | None = None
+        if body and request.method in ("INVITE", "UPDATE"):
+            try:
+                offer = parse_sdp(body)
+                port = call.ports[1] if other == "pbx" else call.ports[0]
+                body = anchor_media(offer, self.config.media_address, [port]).to_bytes()
+            except (SdpError, ValueError):
+                return self._respond(key, request, 488, now)
+        headers = [(n, v) for n in _CARRIED for v in request.headers.get_all(n)]
+        out_req = dialog.build_request(
+            request.method, via=self.config.via, headers=headers, body=body
+        )
+        destination = self.config.pbx if other == "pbx" else call.a_source
+        ckey, out = self.layer.send_request(out_req, destination, now)
+        call.forwarded[ckey] = (side, key, request)
+        if offer is not None:
+            call.offers[ckey] = offer
+        return out
+
+    def _bye(self, call: Call, side: Side, now: float) -> list[Event]:
+        dialog = call.a_dialog if side == "caller" else call.b_dialog
+        if dialog is None:
+            return []
+        try:
+            bye = dialog.build_request("BYE", via=self.config.via)
+        except DialogError:
+            return []
+        destination = self.config.pbx if side == "pbx" else call.a_source
+        _, out = self.layer.send_request(bye, destination, now)
+        return out
+
+    def _on_cancel(self, key: TransactionKey, now: float) -> list[Event]:
+        call = next((c for c in self.calls if c.a_key == key), None)
+        if call is None or call.state not in ("trying", "early"):
+            return []
+        call.cancelled = True
+        out = self._final_to_caller(call, 487, now)
+        if call.b_key is not None:
+            out += self.layer.cancel(call.b_key, now)
+        log.info("call cancelled by the caller", call=call.id)
+        return out
+
+    def _final_to_caller(self, call: Call, status: int, now: float) -> list[Event]:
+        txn = self.layer.get(call.a_key)
+        if txn is None or getattr(txn, "has_final", True):
+            return []
+        return self._respond(call.a_key, call.a_invite, status, now, to_tag=call.a_tag)
+
+    # -- responses ---------------------------------------------------------------------------
+    def _on_response(self, response: SipResponse, key: TransactionKey, now: float) -> list[Event]:
+        try:
+            call = self._calls.get(response.call_id)
+        except (SipParseError, ValueError):
+            return []
+        if call is None:
+            return []
+        if key == call.b_key:
+            return self._on_pbx_invite_response(call, response, now)
+        forwarded = call.forwarded.get(key)
+        if forwarded is None:
+            return []  # our own BYE/CANCEL and the like: nothing to relay
+        return self._relay_response(call, key, forwarded, response, now)
+
+    def _on_pbx_invite_response(self, call: Call, response: SipResponse, now: float) -> list[Event]:
+        status = response.status
+        assert call.b_invite is not None
+        if status == 100:
+            return []
+        if call.cancelled or call.state == "ended":
+            out: list[Event] = []
+            if 200 <= status < 300:  # CANCEL lost the race with 200 OK: ACK, then BYE
+                dialog = Dialog.uac(call.b_invite, response)
+                call.b_dialog = dialog
+                out = self._ack_pbx(call, dialog, now)
+                out += self._bye(call, "pbx", now)
+            if status >= 200:
+                self._end(call)
+            return out
+        body = b""
+        if response.body and response.status < 300:
+            try:
+                answer = parse_sdp(response.body)
+                self._configure_media(call, call.a_offer, answer)
+                body = anchor_media(answer, self.config.media_address, [call.ports[0]]).to_bytes()
+            except (SdpError, ValueError):
+                log.warning("bad SDP from the PBX", call=call.id)
+                body = b""
+        headers = [
+            (n, v)
+            for n in (*_CARRIED_RESPONSE, "Content-Type")
+            for v in response.headers.get_all(n)
+        ]
+        if not body:
+            headers = [(n, v) for n, v in headers if n != "Content-Type"]
+        if 101 <= status < 200:
+            if response.to.tag and call.b_dialog is None:
+                with contextlib.suppress(DialogError):
+                    call.b_dialog = Dialog.uac(call.b_invite, response)
+            call.state = "early"
+            a_resp = build_response(
+                call.a_invite,
+                status,
+                response.reason,
+                to_tag=call.a_tag,
+                headers=headers,
+                body=body,
+            )
+            if body:
+                a_resp.headers.add("Contact", f"<{self.config.contact}>")
+            return self.layer.send_response(call.a_key, a_resp, now)
+        if 200 <= status < 300:
+            dialog = Dialog.uac(call.b_invite, response)
+            call.b_dialog = dialog
+            out = self._ack_pbx(call, dialog, now)
+            a_resp = build_response(
+                call.a_invite,
+                status,
+                response.reason,
+                to_tag=call.a_tag,
+                headers=headers,
+                body=body,
+            )
+            a_resp.headers.add("Contact", f"<{self.config.contact}>")
+            out += self.layer.send_response(call.a_key, a_resp, now)
+            call.a_dialog = Dialog.uas(call.a_invite, a_resp)
+            call.state = "up"
+            self.counters.calls_answered += 1
+            log.info("call answered", call=call.id)
+            return out
+        # a final failure: pass it on (401/407 challenges included) and forget the call
+        self.counters.calls_failed += 1
+        out = self.layer.send_response(
+            call.a_key,
+            build_response(
+                call.a_invite, status, response.reason, to_tag=call.a_tag, headers=headers
+            ),
+            now,
+        )
+        log.info("call failed", call=call.id, status=status)
+        self._end(call)
+        return out
+
+    def _ack_pbx(self, call: Call, dialog: Dialog, now: float) -> list[Event]:
+        ack = dialog.build_ack(via=self.config.via)
+        return [SendMessage(ack, self.config.pbx)]
+
+    def _relay_response(
+        self,
+        call: Call,
+        key: TransactionKey,
+        forwarded: tuple[Side, TransactionKey, SipRequest],
+        response: SipResponse,
+        now: float,
+    ) -> list[Event]:
+        side, server_key, request = forwarded
+        if response.status < 200 and response.status != 100:
+            pass
+        elif response.status == 100:
+            return []
+        out: list[Event] = []
+        body = b""
+        offer = call.offers.get(key)
+        if response.body and offer is not None and response.status < 300:
+            try:
+                answer = parse_sdp(response.body)
+                port = call.ports[0] if side == "caller" else call.ports[1]
+                body = anchor_media(answer, self.config.media_address, [port]).to_bytes()
+                received_offer = parse_sdp(request.body)
+                if side == "caller":
+                    self._configure_media(call, received_offer, answer)
+                else:
+                    self._configure_media(call, answer, received_offer)
+            except (SdpError, ValueError):
+                body = b""
+        if response.status >= 200:
+            call.forwarded.pop(key, None)
+            call.offers.pop(key, None)
+            if request.method == "INVITE" and 200 <= response.status < 300:
+                dialog = call.b_dialog if side == "caller" else call.a_dialog
+                if dialog is not None:
+                    ack = dialog.build_ack(via=self.config.via)
+                    dest = self.config.pbx if side == "caller" else call.a_source
+                    out.append(SendMessage(ack, dest))
+        headers = [(n, v) for n in _CARRIED_RESPONSE for v in response.headers.get_all(n)]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        dialog = call.a_dialog if side == "caller" else call.b_dialog
+        to_tag = dialog.local_tag if dialog is not None else None
+        resp = build_response(
+            request, response.status, response.reason, to_tag=to_tag, headers=headers, body=body
+        )
+        if 200 <= response.status < 300 and request.method in ("INVITE", "UPDATE"):
+            resp.headers.add("Contact", f"<{self.config.contact}>")
+        try:
+            out += self.layer.send_response(server_key, resp, now)
+        except Exception:  # the request's transaction is gone (timed out): nothing to answer
+            log.info("response for a finished transaction dropped", call=call.id)
+        return out
+
+    def _on_stray_response(self, response: SipResponse, now: float) -> list[Event]:
+        return []
+
+    def _on_timeout(self, key: TransactionKey, timer: str, now: float) -> list[Event]:
+        call = next((c for c in self.calls if key in (c.a_key, c.b_key)), None)
+        if call is None:
+            return []
+        if key == call.b_key and call.state in ("trying", "early"):
+            log.info("the PBX did not answer", call=call.id, timer=timer)
+            out = self._final_to_caller(call, 408, now)
+            self.counters.calls_failed += 1
+            self._end(call)
+            return out
+        if key == call.a_key and timer == "L" and call.state == "up":
+            log.info("no ACK from the caller", call=call.id)
+            out = self._bye(call, "caller", now) + self._bye(call, "pbx", now)
+            self._end(call)
+            return out
+        return []
+
+    # -- media -------------------------------------------------------------------------------
+    def _configure_media(
+        self, call: Call, caller_sdp: SessionDescription, pbx_sdp: SessionDescription
+    ) -> None:
+        """Both legs' media from the caller's and the PBX's descriptions (offer or answer)."""
+        try:
+            neg = negotiate(caller_sdp, pbx_sdp)
+        except SdpError:
+            return
+        for side, sdp, codec, te in (
+            ("caller", caller_sdp, neg.codec_offer, neg.telephone_event_offer),
+            ("pbx", pbx_sdp, neg.codec_answer, neg.telephone_event_answer),
+        ):
+            media = sdp.media[neg.media_index]
+            conn = sdp.media_connection(media)
+            remote = None
+            if conn is not None and not conn.is_null and media.port:
+                remote = (conn.address, media.port)
+            leg = LegMedia(
+                remote=remote,
+                codec=codec.name.upper() if codec else None,
+                codec_pt=codec.payload_type if codec else None,
+                telephone_event_pt=te,
+                direction=sdp.media_direction(media),
+            )
+            self.media.configure(call.id, side, leg, masked=call.masked)  # type: ignore[arg-type]
+
+    def _end(self, call: Call) -> None:
+        if call.state == "ended":
+            return
+        call.state = "ended"
+        self.counters.calls_ended += 1
+        self._calls.pop(call.a_invite.call_id, None)
+        if call.b_call_id is not None:
+            self._calls.pop(call.b_call_id, None)
+        self.media.release(call.id)
+
+
+def _parse_dtmf_info(request: SipRequest) -> tuple[str | None, int]:
+    """The key and duration of an INFO DTMF body (``application/dtmf-relay``: Signal= and
+    Duration= lines; ``application/dtmf``: the key alone)."""
+    text = request.body.decode("ascii", "replace")
+    digit: str | None = None
+    duration = 250
+    ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype == "application/dtmf":
+        candidate = text.strip().upper()
+        digit = candidate if candidate in set("0123456789*#ABCD") and len(candidate) == 1 else None
+        return digit, duration
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if name == "signal" and len(value) == 1 and value.upper() in "0123456789*#ABCD":
+            digit = value.upper()
+        elif name == "signal" and value.isdigit() and 10 <= int(value) <= 15:
+            digit = "*#ABCD"[int(value) - 10]
+        elif name == "duration" and value.isdigit():
+            duration = min(int(value), 10_000)
+    return digit, duration
