@@ -33,7 +33,17 @@ from typing import Literal, Protocol
 import structlog
 
 from sipproxy.dialog import Dialog, DialogError, new_invite, new_tag
-from sipproxy.sdp import SdpError, SessionDescription, anchor_media, has_g711, negotiate, parse_sdp
+from sipproxy.sdp import (
+    Codec,
+    SdpError,
+    SessionDescription,
+    anchor_media,
+    audio_codecs,
+    has_g711,
+    negotiate,
+    parse_sdp,
+    telephone_event,
+)
 from sipproxy.sipmessage import (
     SipParseError,
     SipRequest,
@@ -80,11 +90,19 @@ class LegMedia:
     direction: str
 
 
+@dataclass(frozen=True, slots=True)
+class MediaRequest:
+    """A new call needs its media opened: the adapter opens it (sockets take a moment) and
+    calls :meth:`B2BUA.media_ready` with the two legs' RTP ports, or
+    :meth:`B2BUA.media_failed`."""
+
+    call_id: str
+    caller: LegMedia
+    masked: bool
+
+
 class MediaControl(Protocol):
     """The call-control side of the media plane."""
-
-    def allocate(self, call_id: str) -> tuple[int, int]:
-        """RTP ports on the media address for the caller-facing and PBX-facing legs."""
 
     def configure(self, call_id: str, side: Side, leg: LegMedia, *, masked: bool) -> None:
         """Apply negotiated media for one leg (``masked``: in-band masking can run)."""
@@ -125,7 +143,7 @@ class Call:
     a_source: Address
     a_tag: str
     a_offer: SessionDescription
-    ports: tuple[int, int]
+    ports: tuple[int, int] = (0, 0)
     b_invite: SipRequest | None = None
     b_key: TransactionKey | None = None
     a_dialog: Dialog | None = None
@@ -175,6 +193,8 @@ class B2BUA:
         self.draining = False
         self._calls: dict[str, Call] = {}  # by caller-leg Call-ID and by PBX-leg Call-ID
         self._ids = itertools.count(1)
+        self._media_requests: list[MediaRequest] = []
+        self._waiting_media: dict[str, Call] = {}
 
     # -- inspection --------------------------------------------------------------------------
     @property
@@ -325,7 +345,6 @@ class B2BUA:
                 return self._respond(key, request, 488, now)
             log.warning("no G.711 codec: RFC 4733-only masking", call=call_id)
         self.counters.calls_started += 1
-        a_port, b_port = self.media.allocate(call_id)
         assert source is not None  # a trunk-allowed INVITE has a source
         call = Call(
             id=call_id,
@@ -334,17 +353,44 @@ class B2BUA:
             a_source=source,
             a_tag=new_tag(),
             a_offer=offer,
-            ports=(a_port, b_port),
             masked=masked,
         )
         self._calls[request.call_id] = call
-        b_offer = anchor_media(offer, self.config.media_address, [b_port])
-        invite = self._pbx_invite(request, b_offer.to_bytes())
+        self._waiting_media[call_id] = call
+        self._media_requests.append(MediaRequest(call_id, _leg_media(offer, None), masked))
+        log.info("call started", call=call.id, source=source)
+        return []
+
+    def take_media_requests(self) -> list[MediaRequest]:
+        """The calls whose media the adapter must open now (see :class:`MediaRequest`)."""
+        out, self._media_requests = self._media_requests, []
+        return out
+
+    def media_ready(self, call_id: str, ports: tuple[int, int], now: float) -> list[SendMessage]:
+        """The call's media is open on ``ports`` (caller-facing, PBX-facing RTP): the INVITE
+        goes on to the PBX. If the call ended meanwhile (CANCEL), its media is released."""
+        call = self._waiting_media.pop(call_id, None)
+        if call is None or call.state == "ended":
+            self.media.release(call_id)
+            return []
+        call.ports = ports
+        b_offer = anchor_media(call.a_offer, self.config.media_address, [ports[1]])
+        invite = self._pbx_invite(call.a_invite, b_offer.to_bytes())
         call.b_invite = invite
         self._calls[invite.call_id] = call
         call.b_key, out = self.layer.send_request(invite, self.config.pbx, now)
-        log.info("call started", call=call.id, source=source)
-        return out
+        return self._sends(out)
+
+    def media_failed(self, call_id: str, now: float) -> list[SendMessage]:
+        """No media could be opened (ports exhausted): the caller gets 503."""
+        call = self._waiting_media.pop(call_id, None)
+        if call is None or call.state == "ended":
+            return []
+        log.warning("call refused: no media ports", call=call.id)
+        out = self._final_to_caller(call, 503, now)
+        self.counters.calls_failed += 1
+        self._end(call)
+        return self._sends(out)
 
     def _pbx_invite(self, a_invite: SipRequest, body: bytes) -> SipRequest:
         pbx_host, pbx_port = self.config.pbx
@@ -658,29 +704,49 @@ class B2BUA:
             ("caller", caller_sdp, neg.codec_offer, neg.telephone_event_offer),
             ("pbx", pbx_sdp, neg.codec_answer, neg.telephone_event_answer),
         ):
-            media = sdp.media[neg.media_index]
-            conn = sdp.media_connection(media)
-            remote = None
-            if conn is not None and not conn.is_null and media.port:
-                remote = (conn.address, media.port)
-            leg = LegMedia(
-                remote=remote,
-                codec=codec.name.upper() if codec else None,
-                codec_pt=codec.payload_type if codec else None,
-                telephone_event_pt=te,
-                direction=sdp.media_direction(media),
-            )
+            leg = _leg_media(sdp, (codec, te), neg.media_index)
             self.media.configure(call.id, side, leg, masked=call.masked)  # type: ignore[arg-type]
 
     def _end(self, call: Call) -> None:
         if call.state == "ended":
             return
         call.state = "ended"
+        if self._waiting_media.pop(call.id, None) is not None:
+            return  # media_ready will release what the adapter opened
         self.counters.calls_ended += 1
         self._calls.pop(call.a_invite.call_id, None)
         if call.b_call_id is not None:
             self._calls.pop(call.b_call_id, None)
         self.media.release(call.id)
+
+
+def _leg_media(
+    sdp: SessionDescription,
+    negotiated: tuple[Codec | None, int | None] | None,
+    index: int | None = None,
+) -> LegMedia:
+    """One leg's media from its SDP: the negotiated codec and telephone-event if given, else
+    (an offer not yet answered) the first G.711 codec and telephone-event it offers."""
+    if index is None:
+        index = next((i for i, m in sdp.audio() if not m.rejected), 0)
+    media = sdp.media[index]
+    conn = sdp.media_connection(media)
+    remote = (
+        (conn.address, media.port) if conn is not None and not conn.is_null and media.port else None
+    )
+    if negotiated is None:
+        codec = next((c for c in audio_codecs(media) if c.name.upper() in ("PCMU", "PCMA")), None)
+        te_codec = telephone_event(media, 8000)
+        te = te_codec.payload_type if te_codec is not None else None
+    else:
+        codec, te = negotiated
+    return LegMedia(
+        remote=remote,
+        codec=codec.name.upper() if codec else None,
+        codec_pt=codec.payload_type if codec else None,
+        telephone_event_pt=te,
+        direction=sdp.media_direction(media),
+    )
 
 
 def _parse_dtmf_info(request: SipRequest) -> tuple[str | None, int]:

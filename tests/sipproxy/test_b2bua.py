@@ -38,10 +38,6 @@ class FakeMedia:
     released: list[str] = field(default_factory=list)
     digits: list[tuple[str, str, int]] = field(default_factory=list)
 
-    def allocate(self, call_id: str) -> tuple[int, int]:
-        self.allocated.append(call_id)
-        return 30000, 30002
-
     def configure(self, call_id: str, side: str, leg: LegMedia, *, masked: bool) -> None:
         self.configured.append((call_id, side, leg, masked))
 
@@ -84,24 +80,40 @@ def make(trunks: tuple[str, ...] = (), fallback: str = "reject") -> tuple[B2BUA,
     return B2BUA(cfg, media), media
 
 
+def open_media(b2b: B2BUA, media: FakeMedia, now: float) -> list[SendMessage]:
+    """What the asyncio adapter does: open each requested call's media, then go on."""
+    out: list[SendMessage] = []
+    for req in b2b.take_media_requests():
+        media.allocated.append(req.call_id)
+        out += b2b.media_ready(req.call_id, (30000, 30002), now)
+    return out
+
+
+def receive(
+    b2b: B2BUA, media: FakeMedia, msg: SipRequest | SipResponse, src: tuple[str, int], now: float
+) -> list[SendMessage]:
+    out = b2b.receive(msg, src, now)
+    return out + open_media(b2b, media, now)
+
+
 def only(out: list[SendMessage], dest: tuple[str, int]) -> list[SipRequest | SipResponse]:
     return [s.message for s in out if s.destination == dest]
 
 
 def setup_call(b2b: B2BUA, media: FakeMedia) -> tuple[SipRequest, SipRequest, list[SendMessage]]:
-    out = b2b.receive(invite(), CALLER, 0.0)
+    out = receive(b2b, media, invite(), CALLER, 0.0)
     to_caller = only(out, CALLER)
     assert [m.status for m in to_caller if isinstance(m, SipResponse)] == [100]
     (pbx_inv,) = only(out, PBX)
     assert isinstance(pbx_inv, SipRequest) and pbx_inv.method == "INVITE"
     ringing = build_response(pbx_inv, 180, to_tag="tb")
-    out = b2b.receive(ringing, PBX, 0.1)
+    out = receive(b2b, media, ringing, PBX, 0.1)
     ok = build_response(
         pbx_inv, 200, to_tag="tb", headers=[("Contact", "<sip:agent@127.0.0.1:5070>"),
                                             ("Content-Type", "application/sdp")],
         body=ANSWER.encode(),
     )  # fmt: skip
-    out += b2b.receive(ok, PBX, 0.2)
+    out += receive(b2b, media, ok, PBX, 0.2)
     return invite(), pbx_inv, out
 
 
@@ -143,7 +155,7 @@ def test_bye_from_caller_ends_both_legs_and_frees_media() -> None:
             "Call-ID: a1@caller\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         ).encode()
     )
-    out = b2b.receive(bye, CALLER, 5.0)
+    out = receive(b2b, media, bye, CALLER, 5.0)
     assert [m.status for m in only(out, CALLER) if isinstance(m, SipResponse)] == [200]
     byes = [m for m in only(out, PBX) if isinstance(m, SipRequest)]
     assert [m.method for m in byes] == ["BYE"] and byes[0].call_id == pbx_inv.call_id
@@ -153,14 +165,14 @@ def test_bye_from_caller_ends_both_legs_and_frees_media() -> None:
 
 def test_failure_is_passed_on_and_challenges_keep_their_header() -> None:
     b2b, media = make()
-    out = b2b.receive(invite(), CALLER, 0.0)
+    out = receive(b2b, media, invite(), CALLER, 0.0)
     (pbx_inv,) = only(out, PBX)
     assert isinstance(pbx_inv, SipRequest)
     challenge = build_response(
         pbx_inv, 407, to_tag="tb",
         headers=[("Proxy-Authenticate", 'Digest realm="pbx", nonce="abc"')],
     )  # fmt: skip
-    out = b2b.receive(challenge, PBX, 0.1)
+    out = receive(b2b, media, challenge, PBX, 0.1)
     (resp,) = [m for m in only(out, CALLER) if isinstance(m, SipResponse)]
     assert resp.status == 407 and "nonce" in (resp.headers.get("Proxy-Authenticate") or "")
     assert media.released == media.allocated and b2b.calls == []
@@ -168,22 +180,22 @@ def test_failure_is_passed_on_and_challenges_keep_their_header() -> None:
 
 def test_cancel_reaches_the_pbx_and_the_caller_gets_487() -> None:
     b2b, media = make()
-    out = b2b.receive(invite(), CALLER, 0.0)
+    out = receive(b2b, media, invite(), CALLER, 0.0)
     (pbx_inv,) = only(out, PBX)
     assert isinstance(pbx_inv, SipRequest)
-    b2b.receive(build_response(pbx_inv, 180, to_tag="tb"), PBX, 0.1)
+    receive(b2b, media, build_response(pbx_inv, 180, to_tag="tb"), PBX, 0.1)
     cancel = parse_message(
         b"CANCEL sip:agent@127.0.0.1:5060 SIP/2.0\r\n"
         b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-inv1;rport\r\n"
         b'From: "Alice" <sip:alice@127.0.0.1>;tag=ta\r\nTo: <sip:agent@127.0.0.1>\r\n'
         b"Call-ID: a1@caller\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     )
-    out = b2b.receive(cancel, CALLER, 0.5)
+    out = receive(b2b, media, cancel, CALLER, 0.5)
     assert sorted(m.status for m in only(out, CALLER) if isinstance(m, SipResponse)) == [200, 487]
     assert [m.method for m in only(out, PBX) if isinstance(m, SipRequest)] == ["CANCEL"]
     # the PBX answers 200 OK anyway (the race): the proxy ACKs and hangs up that leg
     ok = build_response(pbx_inv, 200, to_tag="tb", headers=[("Contact", "<sip:a@127.0.0.1:5070>")])
-    out = b2b.receive(ok, PBX, 0.6)
+    out = receive(b2b, media, ok, PBX, 0.6)
     assert [m.method for m in only(out, PBX) if isinstance(m, SipRequest)] == ["ACK", "BYE"]
     assert media.released == media.allocated
 
@@ -203,7 +215,7 @@ def test_sip_info_dtmf_is_answered_and_not_forwarded() -> None:
             f"Content-Type: application/dtmf-relay\r\nContent-Length: {len(body)}\r\n\r\n{body}"
         ).encode()
     )
-    out = b2b.receive(info, CALLER, 3.0)
+    out = receive(b2b, media, info, CALLER, 3.0)
     assert [m.status for m in only(out, CALLER) if isinstance(m, SipResponse)] == [200]
     assert only(out, PBX) == []
     assert media.digits == [(media.allocated[0], "5", 160)]
@@ -219,7 +231,7 @@ def test_sip_info_dtmf_is_answered_and_not_forwarded() -> None:
 )  # fmt: skip
 def test_refusals(trunks: tuple[str, ...], body: str, fallback: str, status: int) -> None:
     b2b, media = make(trunks, fallback)
-    out = b2b.receive(invite(body), CALLER, 0.0)
+    out = receive(b2b, media, invite(body), CALLER, 0.0)
     finals = [m.status for m in only(out, CALLER) if isinstance(m, SipResponse) and m.status >= 200]
     assert finals == [status]
     assert only(out, PBX) == [] and media.allocated == []
@@ -227,7 +239,7 @@ def test_refusals(trunks: tuple[str, ...], body: str, fallback: str, status: int
 
 def test_pbx_silence_times_out_with_408_and_frees_media() -> None:
     b2b, media = make()
-    b2b.receive(invite(), CALLER, 0.0)
+    receive(b2b, media, invite(), CALLER, 0.0)
     out: list[SendMessage] = []
     now = 0.0
     while (due := b2b.deadline()) is not None and due < 100:
@@ -238,12 +250,12 @@ def test_pbx_silence_times_out_with_408_and_frees_media() -> None:
 
 
 def test_options_keepalive_is_answered() -> None:
-    b2b, _ = make()
+    b2b, media = make()
     opt = parse_message(
         b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n"
         b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-o1;rport\r\n"
         b"From: <sip:mon@127.0.0.1>;tag=x\r\nTo: <sip:127.0.0.1>\r\n"
         b"Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     )
-    out = b2b.receive(opt, CALLER, 0.0)
+    out = receive(b2b, media, opt, CALLER, 0.0)
     assert [m.status for m in only(out, CALLER) if isinstance(m, SipResponse)] == [200]
