@@ -35,6 +35,7 @@ import yaml
 
 __all__ = [
     "MAX_FILE_SIZE",
+    "MIN_LOOKAHEAD_MS",
     "PORTS_PER_CALL",
     "CodecFallback",
     "Config",
@@ -62,6 +63,9 @@ PORTS_PER_CALL: Final = 6
 """Media ports one call needs: caller, agent and provider legs, each an RTP port and RTCP."""
 
 MAX_TRUNKS: Final = 10_000
+
+MIN_LOOKAHEAD_MS: Final = 15.0
+"""Shortest look-ahead with zero leak in the masker's measurements (README, "Why 15 ms")."""
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Transport = Literal["udp", "tcp"]
@@ -149,7 +153,7 @@ class MaskingConfig:
     """How key presses are hidden from the agent (``dtmfmask.masker.MaskConfig``)."""
 
     style: MaskStyle = "tone"
-    lookahead_ms: float = 20.0
+    lookahead_ms: float = 15.0
     tone_hz: float = 500.0
     tone_level_dbm0: float = -20.0
     mask: MaskMode = "always"
@@ -667,9 +671,9 @@ class _Reader:
                 mk_m,
                 "lookahead_ms",
                 d.masking.lookahead_ms,
-                20.0,
+                MIN_LOOKAHEAD_MS,
                 500.0,
-                "a number of ms 20-500 (under 20 ms the first samples of a tone leak)",
+                f"a number of ms {MIN_LOOKAHEAD_MS:g}-500 (shorter lets key presses leak)",
             ),
             tone_hz=self._float(
                 mk_m, "tone_hz", d.masking.tone_hz, 50.0, 3900.0, "a frequency in Hz 50-3900"

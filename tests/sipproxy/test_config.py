@@ -82,6 +82,18 @@ def test_embedded_default_is_valid_loopback_demo() -> None:
     assert parse_config(yaml_text(text), filename="x") == Config(source="x")
 
 
+def test_masking_defaults_are_the_engines() -> None:
+    from dtmfmask.masker import MaskConfig
+
+    engine, ours = MaskConfig(), Config().masking
+    assert (ours.style, ours.lookahead_ms, ours.tone_hz, ours.tone_level_dbm0) == (
+        engine.style,
+        engine.lookahead_ms,
+        engine.tone_hz,
+        engine.tone_level_dbm0,
+    )
+
+
 def test_example_file_loads_and_documents_every_key() -> None:
     path = REPO / "profiles.yaml"
     cfg = load_config(path)
@@ -253,8 +265,8 @@ BAD = [
     ("trunks.allow", "[example.com]", "must be an IP address or CIDR", "'example.com'"),
     ("trunks.allow", "[[1, 2]]", "must be an IP address or CIDR", "a list"),
     ("masking.style", "beep", "must be one of tone, silence, noise", "'beep'"),
-    ("masking.lookahead_ms", "10", "must be a number of ms 20-500", "10"),
-    ("masking.lookahead_ms", "501", "must be a number of ms 20-500", "501"),
+    ("masking.lookahead_ms", "10", "must be a number of ms 15-500", "10"),
+    ("masking.lookahead_ms", "501", "must be a number of ms 15-500", "501"),
     ("masking.tone_hz", "20", "must be a frequency in Hz 50-3900", "20"),
     ("masking.tone_hz", "4000", "must be a frequency in Hz 50-3900", "4000"),
     ("masking.tone_level_dbm0", "6", "must be a level in dBm0 from -60 to 3", "6"),
