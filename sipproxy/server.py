@@ -1,0 +1,346 @@
+"""The asyncio adapter of the signalling plane: SIP sockets and timers around the B2BUA.
+
+All I/O of a running proxy is here and in :mod:`sipproxy.relay`: SIP over UDP and TCP in,
+parse, hand to :class:`~sipproxy.b2bua.B2BUA`, send what it returns, arm one timer for its
+next deadline. New calls' media is opened on the relay (binding sockets is a coroutine) and
+the B2BUA is told when it is ready. Digits the media plane reports are published on a
+per-call event stream for the payment logic and logged without their value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from sipproxy.b2bua import B2BUA, LegMedia, MediaRequest, Side
+from sipproxy.media import CallDigit, LegParams, MediaConfig, MediaEvent, MediaTimeout
+from sipproxy.relay import MediaRelay, PortsExhausted
+from sipproxy.sipmessage import (
+    SipParseError,
+    SipRequest,
+    StreamFramer,
+    build_response,
+    parse_message,
+)
+from sipproxy.transaction import Address, SendMessage
+
+log = structlog.get_logger("sipproxy.server")
+
+_LEG_OF: dict[Side, str] = {"caller": "caller", "pbx": "agent"}
+
+
+@dataclass(slots=True)
+class SipCounters:
+    """Plain ints (exported on scrape)."""
+
+    received: int = 0
+    sent: int = 0
+    parse_errors: int = 0
+    answered_400: int = 0
+    too_large: int = 0
+    keepalives: int = 0
+    send_errors: int = 0
+    tcp_connections: int = 0
+
+
+class CallEvents:
+    """The in-process, per-call stream of digit events (for the payment logic).
+
+    Bounded: each subscriber's queue holds ``maxsize`` events; a subscriber that does not
+    read loses the oldest ones (counted), never blocks the media plane.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self.maxsize = maxsize
+        self._subs: dict[str, list[asyncio.Queue[CallDigit]]] = {}
+        self.dropped = 0
+
+    def subscribe(self, call_id: str) -> asyncio.Queue[CallDigit]:
+        queue: asyncio.Queue[CallDigit] = asyncio.Queue(self.maxsize)
+        self._subs.setdefault(call_id, []).append(queue)
+        return queue
+
+    def publish(self, event: CallDigit) -> None:
+        for queue in self._subs.get(event.call_id, ()):
+            if queue.full():
+                queue.get_nowait()
+                self.dropped += 1
+            queue.put_nowait(event)
+
+    def close(self, call_id: str) -> None:
+        self._subs.pop(call_id, None)
+
+
+class RelayMedia:
+    """:class:`~sipproxy.b2bua.MediaControl` on top of the media relay."""
+
+    def __init__(self, relay: MediaRelay) -> None:
+        self.relay = relay
+
+    def configure(self, call_id: str, side: Side, leg: LegMedia, *, masked: bool) -> None:
+        handle = self.relay.calls.get(call_id)
+        params = _leg_params(leg)
+        if handle is None or params is None:
+            return
+        handle.media.update_leg(_LEG_OF[side], params)  # type: ignore[arg-type]
+
+    def release(self, call_id: str) -> None:
+        self.relay.close_call(call_id)
+
+    def sip_info_digit(self, call_id: str, digit: str, duration_ms: int, now: float) -> None:
+        handle = self.relay.calls.get(call_id)
+        if handle is not None:
+            handle.media.on_sip_info(digit, duration_ms, now)
+
+
+def _leg_params(leg: LegMedia) -> LegParams | None:
+    if leg.codec not in ("PCMU", "PCMA"):
+        return None
+    remote_rtcp = (leg.remote[0], leg.remote[1] + 1) if leg.remote is not None else None
+    return LegParams(
+        codec=leg.codec,  # type: ignore[arg-type]
+        payload_type=leg.codec_pt,
+        event_payload_type=leg.telephone_event_pt,
+        remote=leg.remote,
+        remote_rtcp=remote_rtcp,
+    )
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.server.datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.counters.send_errors += 1
+
+
+@dataclass(eq=False)
+class _TcpPeer:
+    writer: asyncio.StreamWriter
+    framer: StreamFramer
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class SipServer:
+    """UDP and TCP SIP listeners feeding one B2BUA."""
+
+    def __init__(
+        self,
+        b2bua: B2BUA,
+        relay: MediaRelay,
+        *,
+        host: str,
+        udp_port: int,
+        tcp_port: int | None,
+        max_message_size: int = 65536,
+        events: CallEvents | None = None,
+        media_config: MediaConfig | None = None,
+    ) -> None:
+        self.b2bua = b2bua
+        self.media_config = media_config
+        self.relay = relay
+        self.host = host
+        self.udp_port = udp_port
+        self.tcp_port = tcp_port
+        self.max_message_size = max_message_size
+        self.events = events or CallEvents()
+        self.counters = SipCounters()
+        self._udp: _Udp | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_peers: dict[Address, _TcpPeer] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        relay.on_event = self._media_event
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=(self.host, self.udp_port)
+        )
+        self._udp = proto
+        self.udp_port = transport.get_extra_info("sockname")[1]
+        if self.tcp_port is not None:
+            self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.tcp_port)
+            self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+        log.info("sip listening", host=self.host, udp_port=self.udp_port, tcp_port=self.tcp_port)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        for peer in list(self._tcp_peers.values()):
+            peer.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # -- input ---------------------------------------------------------------------------------
+    def datagram(self, data: bytes, addr: Address) -> None:
+        self.counters.received += 1
+        if not data.strip(b"\r\n"):
+            self.counters.keepalives += 1  # RFC 5626 CRLF keep-alive
+            return
+        try:
+            message = parse_message(data, max_size=self.max_message_size)
+        except SipParseError as exc:
+            self._bad_message(data, exc, addr, None)
+            return
+        self._dispatch(self.b2bua.receive(message, addr, self.now()))
+
+    def _bad_message(
+        self, data: bytes, exc: SipParseError, addr: Address, peer: _TcpPeer | None
+    ) -> None:
+        """Answer 400 where the request can be answered, else count a drop (never crash)."""
+        self.counters.parse_errors += 1
+        if exc.status == 513:
+            self.counters.too_large += 1
+        log.info("sip message dropped", reason=exc.description, rule=exc.rule, source=addr)
+        if data.startswith(b"SIP/"):
+            return
+        try:
+            # the headers a response needs may still parse with the body cut off
+            head = data.split(b"\r\n\r\n", 1)[0] + b"\r\nContent-Length: 0\r\n\r\n"
+            request = parse_message(head, max_size=self.max_message_size)
+        except SipParseError:
+            return
+        if isinstance(request, SipRequest) and request.method != "ACK":
+            status = exc.status if exc.status in (400, 505, 513) else 400
+            response = build_response(request, status, exc.description[:60])
+            self.counters.answered_400 += 1
+            self._send(SendMessage(response, addr))
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        addr: Address = (peername[0], peername[1])
+        peer = _TcpPeer(writer, StreamFramer(self.max_message_size))
+        self._tcp_peers[addr] = peer
+        self.counters.tcp_connections += 1
+        try:
+            while data := await reader.read(65536):
+                peer.framer.feed(data)
+                while True:
+                    try:
+                        message = peer.framer.next_message()
+                    except SipParseError as exc:
+                        self._bad_message(b"", exc, addr, peer)
+                        if peer.framer.broken:
+                            return
+                        continue
+                    if message is None:
+                        break
+                    self.counters.received += 1
+                    self._dispatch(self.b2bua.receive(message, addr, self.now()))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tcp_peers.pop(addr, None)
+            writer.close()
+
+    # -- output --------------------------------------------------------------------------------
+    def _dispatch(self, sends: list[SendMessage]) -> None:
+        for send in sends:
+            self._send(send)
+        for request in self.b2bua.take_media_requests():
+            self._spawn(self._open_media(request))
+        self._arm_timer()
+
+    def _send(self, send: SendMessage) -> None:
+        if send.destination is None:
+            return
+        data = send.message.serialize()
+        peer = self._tcp_peers.get(send.destination)
+        try:
+            if peer is not None:
+                peer.writer.write(data)
+            elif self._udp is not None and self._udp.transport is not None:
+                self._udp.transport.sendto(data, send.destination)
+            else:
+                return
+            self.counters.sent += 1
+        except OSError:
+            self.counters.send_errors += 1
+
+    def _arm_timer(self) -> None:
+        due = self.b2bua.deadline()
+        if due is None or due == self._timer_due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_due = due
+        self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        self._dispatch(self.b2bua.timer(self.now()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_media(self, request: MediaRequest) -> None:
+        caller = _leg_params(request.caller) or LegParams()
+        try:
+            handle = await self.relay.open_call(
+                request.call_id, caller, LegParams(), self.media_config
+            )
+        except (PortsExhausted, OSError) as exc:
+            log.warning("no media for call", call=request.call_id, error=type(exc).__name__)
+            self._dispatch(self.b2bua.media_failed(request.call_id, self.now()))
+            return
+        ports = (handle.caller_port, handle.agent_port)
+        self._dispatch(self.b2bua.media_ready(request.call_id, ports, self.now()))
+
+    # -- media events --------------------------------------------------------------------------
+    def _media_event(self, event: MediaEvent) -> None:
+        if isinstance(event, CallDigit):
+            log.info("digit detected", call=event.call_id, source=event.source)
+            self.events.publish(event)
+        elif isinstance(event, MediaTimeout):
+            call = next((c for c in self.b2bua.calls if c.id == event.call_id), None)
+            if call is not None:
+                log.info("no media: hanging up", call=call.id, idle_s=round(event.idle_s, 1))
+                self._dispatch(self.b2bua.hangup(call, self.now(), "media timeout"))
+
+    # -- drain ---------------------------------------------------------------------------------
+    async def drain(self, grace_s: float, clock: Callable[[], float] | None = None) -> None:
+        """Refuse new calls, wait up to ``grace_s`` for calls to end, then hang up the rest."""
+        self.b2bua.drain()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace_s
+        while self.b2bua.calls and loop.time() < end:
+            await asyncio.sleep(0.1)
+        for call in list(self.b2bua.calls):
+            self._dispatch(self.b2bua.hangup(call, self.now(), "shutdown"))
+        # let the BYEs go out and their transactions finish briefly
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settle(), timeout=2.0)
+
+    async def _settle(self) -> None:
+        while self._tasks:
+            await asyncio.sleep(0.05)
