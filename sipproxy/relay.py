@@ -209,27 +209,36 @@ class MediaRelay:
         first = cfg.port_min + (cfg.port_min & 1)
         last = cfg.port_max - (1 if cfg.rtcp_sockets else 0)
         n_pairs = (last - first) // 2 + 1
+        family = socket.AF_INET6 if ":" in cfg.media_address else socket.AF_INET
         for _ in range(n_pairs):
             port = self._cursor
             self._cursor = port + 2 if port + 2 <= last else first
             if port in self._used:
                 continue
-            made: list[_Endpoint] = []
+            socks: list[socket.socket] = []
             try:
                 for rtcp in (False, True) if cfg.rtcp_sockets else (False,):
-                    ep = _Endpoint(self, handle.media, leg, rtcp)
-                    await loop.create_datagram_endpoint(
-                        lambda ep=ep: ep,  # type: ignore[misc]
-                        local_addr=(cfg.media_address, port + rtcp),
-                        family=socket.AF_INET6 if ":" in cfg.media_address else socket.AF_INET,
-                    )
-                    made.append(ep)
+                    sock = socket.socket(family, socket.SOCK_DGRAM)
+                    socks.append(sock)
+                    sock.bind((cfg.media_address, port + rtcp))
             except OSError as exc:
+                for sock in socks:
+                    sock.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # someone else has it: try the next pair
+                raise
+            made: list[_Endpoint] = []
+            try:
+                for rtcp, sock in zip((False, True), socks, strict=False):
+                    ep = _Endpoint(self, handle.media, leg, rtcp)
+                    await loop.create_datagram_endpoint(lambda ep=ep: ep, sock=sock)  # type: ignore[misc]
+                    made.append(ep)
+            except BaseException:
                 for ep in made:
                     if ep.transport is not None:
                         ep.transport.close()
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue  # someone else has it: try the next pair
+                for sock in socks[len(made) :]:
+                    sock.close()
                 raise
             self._used.add(port)
             for ep in made:
