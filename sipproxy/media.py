@@ -298,7 +298,8 @@ class _Leg:
 class _Frame:
     """A caller frame waiting for the engine, with the agent-stream header it will go in."""
 
-    pcm: Pcm
+    payload: bytes | None  # the caller's G.711 codes; None for a masking fill frame
+    n: int  # samples
     seq: int
     ts: int
     marker: bool
@@ -583,12 +584,11 @@ class CallMedia:
         if fields is None:
             c.late += 1
             return
-        pcm = _decode(self.caller.params.codec, memoryview(data)[start:stop])
-        n = int(pcm.size)
+        n = stop - start  # G.711: one byte per sample; decoded in the batch at flush
         self._ssrc_fed = ssrc
         self._ts_at_fed = (ts + n) % _TS_MOD
         self._anchor = (ts, self._fed)
-        self._queue(_Frame(pcm, fields[0], fields[1], fields[2], now))
+        self._queue(_Frame(data[start:stop], n, fields[0], fields[1], fields[2], now))
         self._fed += n
         self._slot_time = now
 
@@ -642,7 +642,7 @@ class CallMedia:
             and (self._event_open or self._fed < self._fill_until)
         ):
             seq, ts, marker = self.agent.out.insert(n, now=now)
-            self._queue(_Frame(np.zeros(n, np.int16), seq, ts, marker, now, fill=True))
+            self._queue(_Frame(None, n, seq, ts, marker, now, fill=True))
             self._fed += n
             if self._ts_at_fed is not None:
                 self._ts_at_fed = (self._ts_at_fed + n) % _TS_MOD
@@ -668,20 +668,19 @@ class CallMedia:
                 self.counters.engine_failures += 1
         return None
 
-    def _emit(self, frame: _Frame, pcm: Pcm | None) -> None:
-        """Send one masked frame to the agent; ``pcm`` None means the engine did not run
-        for it: silence goes instead (fail closed, DESIGN.md invariant 4)."""
-        if pcm is None:
-            pcm = np.zeros(frame.pcm.size, np.int16)
+    def _emit(self, frame: _Frame, payload: bytes | None) -> None:
+        """Send one masked frame (encoded for the agent) to the agent; ``payload`` None means
+        the engine did not run for it: silence goes instead (fail closed, invariant 4)."""
+        dst = self.agent
+        if payload is None:
+            payload = _encode(dst.params.codec, np.zeros(frame.n, np.int16)).tobytes()
             self.counters.fail_closed_frames += 1
         else:
             self.counters.frames_masked_path += 1
-        dst = self.agent
         addr = dst.rtp.destination
         if addr is None:
             dst.counters.no_destination += 1
             return
-        payload = _encode(dst.params.codec, pcm).tobytes()
         packet = build_rtp(
             dst.params.audio_pt, frame.seq, frame.ts, dst.out.ssrc, payload, marker=frame.marker
         )
@@ -694,7 +693,7 @@ class CallMedia:
         self._emit(frame, None)
         try:
             pos = eng.position(self.stream)
-            eng.force_mask(self.stream, pos - eng.lookahead, pos + frame.pcm.size)
+            eng.force_mask(self.stream, pos - eng.lookahead, pos + frame.n)
         except Exception:
             pass
 
@@ -796,23 +795,29 @@ class MediaEngine:
         calls = list(self._dirty.values())
         self._dirty.clear()
         while calls:
-            groups: dict[int, list[tuple[CallMedia, _Frame]]] = {}
+            groups: dict[tuple[int, Codec, Codec], list[tuple[CallMedia, _Frame]]] = {}
             still: list[CallMedia] = []
             for call in calls:
                 frame = call._next_frame()
                 if frame is None:
                     continue
-                groups.setdefault(int(frame.pcm.size), []).append((call, frame))
+                key = (frame.n, call.caller.params.codec, call.agent.params.codec)
+                groups.setdefault(key, []).append((call, frame))
                 still.append(call)
-            for items in groups.values():
-                self._run(items)
+            for key, items in groups.items():
+                self._run(key, items)
             calls = still
 
-    def _run(self, items: list[tuple[CallMedia, _Frame]]) -> None:
+    def _run(self, key: tuple[int, Codec, Codec], items: list[tuple[CallMedia, _Frame]]) -> None:
+        """One engine pass over frames of one length, decoded and encoded in one go each."""
+        n, law_in, law_out = key
         sids = np.fromiter((c.stream for c, _ in items), np.int64, len(items))
-        frames = np.stack([f.pcm for _, f in items])
+        silence = b"\xff" * n if law_in == "PCMU" else b"\xd5" * n
+        codes = b"".join(silence if f.payload is None else f.payload for _, f in items)
         try:
+            frames = _decode(law_in, codes).reshape(len(items), n)
             out, events = self.masker.process(sids, frames)
+            encoded = _encode(law_out, out).tobytes()
         except Exception:
             for call, frame in items:
                 call.counters.engine_failures += 1
@@ -821,7 +826,7 @@ class MediaEngine:
         self.passes += 1
         self.batched_frames += len(items)
         for i, (call, frame) in enumerate(items):
-            call._emit(frame, out[i])
+            call._emit(frame, encoded[i * n : (i + 1) * n])
         if events:
             frame_of = {c.stream: (c, f) for c, f in items}
             for ev in events:
