@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import resource
 import socket
 import sys
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     ap.add_argument("--port-min", type=int, default=20000)
     args = ap.parse_args(argv)
+    # one loop, one core: BLAS worker threads only spin (they doubled the CPU figure here)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     try:
         import uvloop  # noqa: F401
     except ImportError:
