@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     # as written to disk (after G.711 coding, as the agent would receive it).
     found_in = decode(x)
     found_out = decode(read_wav(masked_path).samples)
-    counted_out = [e for e in detect_signal(read_wav(masked_path).samples)]
+    counted_out = detect_signal(read_wav(masked_path).samples)
     print(f"leak     adversarial decoder finds {len(found_in)} key detections in the input,")
-    print(f"         {len(found_out)} in the masked file; the Q.24 detector finds {len(counted_out)}")
+    print(
+        f"         {len(found_out)} in the masked file; the Q.24 detector finds {len(counted_out)}"
+    )
 
     inside = np.zeros(x.size, dtype=bool)
     for p in presses:

@@ -8,6 +8,14 @@ exits 0.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread: the engine's matrix products are small and batched per tick; OpenBLAS's
+# own threads only contend with the event loop (measured: 2.3x the CPU per relayed packet
+# and 5.6 % loss at 200 calls). Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import asyncio
 import contextlib
