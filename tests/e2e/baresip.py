@@ -117,8 +117,12 @@ Quirks:
   same UA within the same second overwrites the first call's files.
 - Alignment: on a direct call the caller's ``-enc`` recording matches its source sample
   for sample from sample 0, and the callee's ``-dec`` matches that at lag 0 (checked under
-  a load of 5 on 2 cores: no lost or inserted frame). Through a proxy, find the lag with
-  ``align()`` rather than assume it.
+  a load of 5 on 2 cores: no lost or inserted frame mid-call). But the callee starts
+  sending as it sends its 200 OK: under load its first RTP packet(s) reach the caller
+  before the caller has processed the answer and set its decoder ("incoming rtp ...
+  established" logged before "Set audio decoder"), and are dropped: the caller's recording
+  then lacks the first 20-40 ms of the callee's audio (seen 1 run in 30). Find the lag with
+  ``align()`` (it allows negative lags) and compare with ``overlap()``; never assume 0.
 - Ports: SIP port P also takes TCP P+1 (TLS). Each UA gets one block of 24 ports:
   SIP P, TLS P+1, ctrl P+2, RTP/RTCP P+4..P+23, from 20000-32000 (below the ephemeral
   range). baresip also binds two random UDP ports (DNS client); nothing to configure.
@@ -751,19 +755,30 @@ class BaresipUA:
 # --------------------------------------------------------------------------- signal tools
 
 
+def overlap(
+    reference: npt.ArrayLike, recorded: npt.ArrayLike, lag: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The parts of both that line up when ``recorded[lag + i]`` matches ``reference[i]``."""
+    ref = np.asarray(reference, dtype=np.float64)
+    rec = np.asarray(recorded, dtype=np.float64)
+    r0, c0 = (0, lag) if lag >= 0 else (-lag, 0)
+    m = max(0, min(len(ref) - r0, len(rec) - c0))
+    return ref[r0 : r0 + m], rec[c0 : c0 + m]
+
+
 def align(
     reference: npt.ArrayLike, recorded: npt.ArrayLike, max_lag: int = 2 * SAMPLE_RATE
 ) -> tuple[int, float]:
-    """(lag, correlation): ``recorded[lag + i]`` best matches ``reference[i]``, 0 <= lag <=
-    max_lag; correlation is the normalised correlation over the overlap at that lag."""
+    """(lag, correlation): ``recorded[lag + i]`` best matches ``reference[i]``, with
+    ``-max_lag <= lag <= max_lag`` (negative: the recording lacks the reference's first
+    ``-lag`` samples, e.g. packets that arrived before the 200 OK was processed);
+    correlation is the normalised correlation over the overlap at that lag."""
     ref = np.asarray(reference, dtype=np.float64)
     rec = np.asarray(recorded, dtype=np.float64)
-    n = len(ref) + len(rec)
-    size = 1 << (n - 1).bit_length()
-    spec = np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size))
-    xc = np.fft.irfft(spec, size)[: max_lag + 1]
-    lag = int(np.argmax(xc))
-    m = min(len(ref), len(rec) - lag)
-    a, b = ref[:m], rec[lag : lag + m]
+    size = 1 << (len(ref) + len(rec)).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size)), size)
+    lags = np.arange(-min(max_lag, len(ref) - 1), min(max_lag, len(rec) - 1) + 1)
+    lag = int(lags[np.argmax(xc[lags])])  # negative lags wrap around to the end
+    a, b = overlap(ref, rec, lag)
     denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
     return lag, float(np.dot(a, b) / denom) if denom > 0 else 0.0

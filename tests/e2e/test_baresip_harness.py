@@ -28,7 +28,7 @@ from dtmfmask.detector import detect_signal
 from dtmfmask.events import DigitStarted
 from dtmfmask.rfc4733 import TelephoneEvent
 from dtmfmask.tones import SAMPLE_RATE, dbm0_to_amplitude, dtmf_tone
-from tests.e2e.baresip import BaresipError, BaresipUA, align
+from tests.e2e.baresip import BaresipError, BaresipUA, align, overlap
 from tests.e2e.rtpsniff import LoopbackSniffer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60), pytest.mark.usefixtures("baresip_exe")]
@@ -107,16 +107,18 @@ def test_direct_call_carries_audio_both_ways_and_hangs_up(tmp_path: Path) -> Non
         assert_reaped(ua_a, ua_b)
 
         for src, heard, who in ((src_a, heard_b, "B hears A"), (src_b, heard_a, "A hears B")):
-            assert len(heard) >= len(src), f"{who}: recording too short ({len(heard)})"
             lag, corr = align(src, heard, max_lag=SAMPLE_RATE)
-            # G.711 round trip of speech-like noise: correlation ~0.99
-            assert corr > 0.95, f"{who}: correlation {corr:.3f} at lag {lag}"
-            got = heard[lag : lag + len(src)]
-            level_db = 20 * np.log10(rms(got) / rms(src))
-            assert abs(level_db) < 1.0, f"{who}: level off by {level_db:.2f} dB"
+            # the callee's first packet or two may beat the 200 OK to the caller (dropped)
+            assert -3 * 160 <= lag <= 3 * 160, f"{who}: lag {lag}"
+            # G.711 round trip of speech-like noise: correlation ~0.9999
+            assert corr > 0.99, f"{who}: correlation {corr:.4f} at lag {lag}"
+            ref, got = overlap(src, heard, lag)
+            assert len(got) >= len(src) - 3 * 160, f"{who}: only {len(got)} samples heard"
+            level_db = 20 * np.log10(rms(got) / rms(ref))
+            assert abs(level_db) < 0.5, f"{who}: level off by {level_db:.2f} dB"
         # what A sent is what B heard, sample for sample (no loss on loopback)
         lag, corr = align(sent_a[: len(src_a)], heard_b, max_lag=SAMPLE_RATE)
-        assert corr > 0.999 and lag <= 2 * 160, (lag, corr)
+        assert lag == 0 and corr > 0.999, (lag, corr)
 
     run(scenario())
 
