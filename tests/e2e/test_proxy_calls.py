@@ -18,7 +18,7 @@ from dtmfmask.tones import dtmf_tone
 from sipproxy.app import Proxy
 from sipproxy.config import parse_config
 from sipproxy.media import CallDigit
-from tests.e2e.baresip import BaresipUA, align
+from tests.e2e.baresip import BaresipUA, align, overlap
 from tests.leakdecoder import decode
 
 pytestmark = pytest.mark.e2e
@@ -109,11 +109,10 @@ def speech_reached_agent(
 ) -> float:
     """Correlation between the caller's speech and what the agent heard, keys cut out."""
     lag, _ = align(source, heard)
-    ref = source.astype(np.float64).copy()
+    cut = source.astype(np.float64).copy()
     for a, b in spans:
-        ref[max(a - 400, 0) : b + 400] = 0
-    rec = heard[lag : lag + len(ref)].astype(np.float64)
-    ref = ref[: len(rec)]
+        cut[max(a - 400, 0) : b + 400] = 0
+    ref, rec = overlap(cut, heard, lag)
     return float(np.dot(ref, rec) / (np.linalg.norm(ref) * np.linalg.norm(rec) + 1e-9))
 
 
