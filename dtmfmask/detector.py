@@ -149,6 +149,8 @@ def _as_complex(ri: npt.NDArray[np.float32]) -> C64:
 # with 10 dB twist keeps about half), and the window must not be near-silence (about
 # -60 dBm0 for one tone)
 _GATE_SHARE = 0.4
+# below this many streams with a key in progress, the state machine runs stream by stream
+_FEW_STREAMS = 24
 _GATE_FLOOR = 2.0e4
 _ROT = np.exp(-1j * _W0 * BLOCK).astype(np.complex64)  # phase of f0 over one sub-block
 _ROT2 = (_ROT * _ROT).astype(np.complex64)
@@ -713,6 +715,55 @@ class DtmfDetector:
             return strict_digit, (np.concatenate(ms), np.concatenate(mst), np.concatenate(men))
         return strict_digit, (np.zeros(0, np.int64),) * 3
 
+    def _advance_few(self, sids: I64, base: I64, strict_digit: I64, idx: I64) -> list[DigitEvent]:
+        """The state machine stream by stream: cheaper than array steps for a few streams."""
+        cfg = self.config
+        events: list[DigitEvent] = []
+        k = strict_digit.shape[1]
+        for i in idx.tolist():
+            sid = int(sids[i])
+            cur = int(self._cur[sid])
+            run_d = int(self._run_digit[sid])
+            run_n = int(self._run_len[sid])
+            run_s = int(self._run_start[sid])
+            misses = int(self._misses[sid])
+            last_end = int(self._last_hit_end[sid])
+            cur_start = int(self._cur_start[sid])
+            for j in range(k):
+                d = int(strict_digit[i, j])
+                end_sample = (int(base[i]) + j + 1) * BLOCK
+                if cur >= 0:
+                    if d == cur:
+                        misses = 0
+                        last_end = end_sample
+                        continue
+                    misses += 1
+                    if misses >= cfg.misses_to_end:
+                        events.append(DigitEnded(sid, str(_DIGIT_OF[cur]), cur_start, last_end))
+                        cur = -1
+                        run_d, run_n = -1, 0
+                    else:
+                        continue
+                if d < 0:
+                    run_d, run_n = -1, 0
+                    continue
+                if d == run_d:
+                    run_n += 1
+                else:
+                    run_d, run_n, run_s = d, 1, end_sample - 4 * BLOCK
+                if run_n >= cfg.hits_to_start:
+                    cur, cur_start, last_end, misses = d, run_s, end_sample, 0
+                    run_d, run_n = -1, 0
+                    events.append(DigitStarted(sid, str(_DIGIT_OF[cur]), cur_start))
+            self._cur[sid] = cur
+            self._run_digit[sid] = run_d
+            self._run_len[sid] = run_n
+            self._run_start[sid] = run_s
+            self._misses[sid] = misses
+            self._last_hit_end[sid] = last_end
+            self._cur_start[sid] = cur_start
+        return events
+
     def _advance(self, sids: I64, base: I64, strict_digit: I64) -> list[DigitEvent]:
         """Run the digit state machine over this batch's windows.
 
@@ -725,6 +776,8 @@ class DtmfDetector:
         idx = np.flatnonzero(active)
         if idx.size == 0:
             return []
+        if idx.size <= _FEW_STREAMS:
+            return self._advance_few(sids, base, strict_digit, idx)
         cfg = self.config
         sid = sids[idx]
         cur = self._cur[sid]

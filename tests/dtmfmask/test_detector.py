@@ -175,3 +175,28 @@ def test_corners_of_the_acceptance_window(
     if snr is not None:
         signal = add_white_noise(signal, snr, rng=6, presses=presses)
     assert digits(detect_signal(signal)) == DIGITS * 2
+
+
+@pytest.mark.parametrize("few", [0, 10_000])
+def test_state_machine_paths_agree(few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The array-wise and the stream-by-stream state machines give the same events."""
+    import dtmfmask.detector as detector_module
+
+    rng = np.random.default_rng(21)
+    signals = []
+    for _ in range(40):  # many keys in progress at once
+        parts = [np.zeros(int(rng.integers(0, 300)))]
+        for d in rng.choice(list(DIGITS), 4):
+            parts += [
+                dtmf_tone(str(d), int(rng.integers(300, 900)), -15),
+                np.zeros(int(rng.integers(320, 700))),
+            ]
+        signals.append(np.concatenate(parts))
+    monkeypatch.setattr(detector_module, "_FEW_STREAMS", few)
+    batched = detect_many(signals)
+    monkeypatch.setattr(detector_module, "_FEW_STREAMS", 10_000)
+    for sig, ev in zip(signals, batched, strict=True):
+        single = detect_signal(sig)
+        assert [(type(e), e.digit, e.start) for e in ev] == [
+            (type(e), e.digit, e.start) for e in single
+        ]
