@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -50,6 +51,7 @@ from sipproxy.sipmessage import (
     SipResponse,
     build_response,
     parse_uri,
+    parse_via,
 )
 from sipproxy.transaction import (
     DEFAULT_TIMERS,
@@ -77,6 +79,9 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
 _CARRIED = ("Content-Type", "Authorization", "Proxy-Authorization", "Subject", "Priority")
 _CARRIED_RESPONSE = ("WWW-Authenticate", "Proxy-Authenticate", "Retry-After", "Warning", "Reason")
 _DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
+_MAX_FORWARDS = 70
+_ORPHANS_MAX = 1024  # client INVITEs of ended calls whose late 2xx still needs an ACK
+_RPORT = re.compile(r";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,7 @@ class B2BConfig:
     trunks_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     codec_fallback: CodecFallback = "reject"
     transport: str = "UDP"
+    tcp_port: int | None = None  # where we listen for SIP over TCP (None: same as sip_port)
 
     @property
     def via(self) -> str:
@@ -131,6 +137,18 @@ class B2BConfig:
     @property
     def contact(self) -> str:
         return f"sip:{self.sip_host}:{self.sip_port}"
+
+    def via_for(self, transport: str) -> str:
+        """Our Via sent-by for a request sent over ``transport`` (the caller's leg may be TCP)."""
+        if transport == "UDP":
+            return self.via
+        return f"SIP/2.0/{transport} {self.sip_host}:{self.tcp_port or self.sip_port}"
+
+    def contact_for(self, transport: str) -> str:
+        if transport == "UDP":
+            return self.contact
+        port = self.tcp_port or self.sip_port
+        return f"sip:{self.sip_host}:{port};transport={transport.lower()}"
 
 
 @dataclass(eq=False)
@@ -158,6 +176,16 @@ class Call:
     )
     # the SDP offer we forwarded on each pending re-INVITE/UPDATE (for the answer's rewrite)
     offers: dict[TransactionKey, SessionDescription] = field(default_factory=dict)
+    a_transport: str = "UDP"  # the caller's leg (from its INVITE's Via); the PBX leg is UDP
+    # the last SDP each peer sent (caller, PBX) and the last one we sent each of them
+    a_sdp: SessionDescription | None = None
+    b_sdp: SessionDescription | None = None
+    a_sdp_sent: bytes = b""
+    b_sdp_sent: bytes = b""
+    # a re-INVITE without SDP we answered with an offer: the side whose ACK brings the answer
+    local_offer: Side | None = None
+    # the ACK we sent for the 2xx of each client INVITE (resent when the 2xx is retransmitted)
+    acks: dict[TransactionKey, SendMessage] = field(default_factory=dict)
 
     @property
     def b_call_id(self) -> str | None:
@@ -174,6 +202,8 @@ class B2BCounters:
     refused_codec: int = 0
     info_digits: int = 0
     options_answered: int = 0
+    glare: int = 0
+    loops: int = 0
 
 
 class B2BUA:
@@ -195,6 +225,9 @@ class B2BUA:
         self._ids = itertools.count(1)
         self._media_requests: list[MediaRequest] = []
         self._waiting_media: dict[str, Call] = {}
+        # client INVITEs of calls that ended while they were pending, or whose 2xx we ACKed:
+        # a (late or retransmitted) 2xx still gets its ACK (§13.2.2.4). Bounded.
+        self._orphans: dict[TransactionKey, tuple[Dialog, Address, SendMessage | None]] = {}
 
     # -- inspection --------------------------------------------------------------------------
     @property
@@ -211,6 +244,8 @@ class B2BUA:
     def receive(
         self, message: SipRequest | SipResponse, source: Address, now: float
     ) -> list[SendMessage]:
+        if isinstance(message, SipRequest):
+            _mark_received(message, source)
         return self._handle(self.layer.receive(message, now, source=source), now, source)
 
     def timer(self, now: float) -> list[SendMessage]:
@@ -224,10 +259,14 @@ class B2BUA:
         if call.state == "up":
             out += self._bye(call, "caller", now)
             out += self._bye(call, "pbx", now)
+            out += self._abandon_pending(call, now)
         elif call.state in ("trying", "early"):
             out += self._final_to_caller(call, 480 if reason != "shutdown" else 503, now)
-            if call.b_key is not None:
+            if call.b_key is not None and not call.cancelled:
+                # the PBX's final (487, or a 200 that lost the race: ACK and BYE) ends it
+                call.cancelled = True
                 out += self.layer.cancel(call.b_key, now)
+                return self._sends(out)
         self._end(call)
         return self._sends(out)
 
@@ -250,7 +289,7 @@ class B2BUA:
             elif isinstance(ev, CancelReceived):
                 out += self._on_cancel(ev.key, now)
             elif isinstance(ev, AckReceived):
-                pass  # the caller's ACK for our 2xx: the PBX leg was ACKed on its 2xx
+                self._on_ack(ev.request)
             elif isinstance(ev, StrayResponse):
                 out += self._on_stray_response(ev.response, now)
             elif isinstance(ev, TransactionTimeout):
@@ -274,9 +313,13 @@ class B2BUA:
     ) -> list[Event]:
         hdrs = list(headers)
         if 200 <= status < 300 and request.method in ("INVITE", "UPDATE"):
-            hdrs.append(("Contact", f"<{self.config.contact}>"))
+            hdrs.append(("Contact", f"<{self._contact_toward(request)}>"))
         response = build_response(request, status, to_tag=to_tag, headers=hdrs, body=body)
         return self.layer.send_response(key, response, now)
+
+    def _contact_toward(self, request: SipRequest) -> str:
+        """Our Contact for the peer that sent ``request`` (``transport=tcp`` if it came so)."""
+        return self.config.contact_for(_transport_of(request))
 
     # -- requests ----------------------------------------------------------------------------
     def _on_request(
@@ -285,14 +328,20 @@ class B2BUA:
         try:
             to_tag = request.to.tag
             call = self._calls.get(request.call_id)
+            max_forwards = request.max_forwards
         except (SipParseError, ValueError):
             return self._respond(key, request, 400, now)
+        if max_forwards == 0 and request.method in ("INVITE", "UPDATE", "INFO", "MESSAGE",
+                                                    "NOTIFY", "REFER"):  # fmt: skip
+            self.counters.loops += 1
+            return self._respond(key, request, 483, now)  # §16.3 step 2: forwarding would loop
         if to_tag:
             if call is None:
                 return self._respond(key, request, 481, now)
             return self._in_dialog(call, request, key, now)
         if request.method == "INVITE":
             if call is not None:  # a retransmission is absorbed by the layer; this is a loop
+                self.counters.loops += 1  # (our own INVITE to the PBX, routed back to us)
                 return self._respond(key, request, 482, now)
             return self._new_call(request, key, source, now)
         if request.method == "OPTIONS":
@@ -320,8 +369,7 @@ class B2BUA:
             return self._respond(key, request, 403, now)
         if self.draining or len(self.calls) >= self.max_calls:
             return self._respond(key, request, 503, now, headers=[("Retry-After", "30")])
-        require = {v.strip().lower() for v in request.headers.get_all("Require")}
-        if "100rel" in require:
+        if "100rel" in _option_tags(request, "Require"):
             return self._respond(key, request, 420, now, headers=[("Unsupported", "100rel")])
         if not request.body:
             return self._respond(
@@ -354,6 +402,8 @@ class B2BUA:
             a_tag=new_tag(),
             a_offer=offer,
             masked=masked,
+            a_transport=_transport_of(request),
+            a_sdp=offer,
         )
         self._calls[request.call_id] = call
         self._waiting_media[call_id] = call
@@ -375,7 +425,8 @@ class B2BUA:
             return []
         call.ports = ports
         b_offer = anchor_media(call.a_offer, self.config.media_address, [ports[1]])
-        invite = self._pbx_invite(call.a_invite, b_offer.to_bytes())
+        call.b_sdp_sent = b_offer.to_bytes()
+        invite = self._pbx_invite(call.a_invite, call.b_sdp_sent)
         call.b_invite = invite
         self._calls[invite.call_id] = call
         call.b_key, out = self.layer.send_request(invite, self.config.pbx, now)
@@ -407,12 +458,12 @@ class B2BUA:
             if name != "Content-Type"
             for value in a_invite.headers.get_all(name)
         ]
-        supported = [
-            v for v in a_invite.headers.get_all("Supported") if v.strip().lower() != "100rel"
-        ]
-        headers += [("Supported", v) for v in supported]
+        # reliable provisionals are not relayed (module docstring): the PBX must not use them
+        supported = [t for t in _option_tags(a_invite, "Supported") if t != "100rel"]
+        if supported:
+            headers.append(("Supported", ", ".join(supported)))
         headers.append(("Allow", ALLOW))
-        return new_invite(
+        invite = new_invite(
             request_uri,
             from_uri=f"sip:{from_user}@{self.config.sip_host}",
             to_uri=f"sip:{to_user}@{pbx_host}" if to_user else f"sip:{pbx_host}",
@@ -422,6 +473,8 @@ class B2BUA:
             headers=headers,
             body=body,
         )
+        invite.headers.set("Max-Forwards", str(_next_max_forwards(a_invite)))
+        return invite
 
     def _in_dialog(
         self, call: Call, request: SipRequest, key: TransactionKey, now: float
@@ -440,10 +493,20 @@ class B2BUA:
         if method == "BYE":
             out = self._respond(key, request, 200, now)
             other: Side = "pbx" if side == "caller" else "caller"
+            out += self._abandon_pending(call, now)
             out += self._bye(call, other, now)
             log.info("call ended", call=call.id, by=side)
             self._end(call)
             return out
+        if method in ("INVITE", "UPDATE"):
+            refused_status = self._offer_conflict(call, side, request)
+            if refused_status is not None:
+                self.counters.glare += 1
+                log.info("offer refused", call=call.id, side=side, status=refused_status)
+                retry = [("Retry-After", "1")] if refused_status == 500 else []
+                return self._respond(key, request, refused_status, now, headers=retry)
+            if not request.body:
+                return self._answer_locally(call, side, request, key, now)
         if method == "OPTIONS":
             return self._respond(key, request, 200, now, headers=[("Allow", ALLOW)])
         if method == "INFO" and side == "caller" and self._is_dtmf_info(request):
@@ -457,6 +520,107 @@ class B2BUA:
         if method in ("INVITE", "UPDATE", "INFO", "MESSAGE", "NOTIFY", "REFER"):
             return self._forward(call, side, request, key, now)
         return self._respond(key, request, 405, now, headers=[("Allow", ALLOW)])
+
+    @staticmethod
+    def _offer_conflict(call: Call, side: Side, request: SipRequest) -> int | None:
+        """491 when an offer is already in flight in either direction (glare, §14.2 and
+        RFC 3311 §5.2); 500 (with Retry-After) for a second INVITE from the same side while
+        its first is still pending (§14.2)."""
+        if call.local_offer is not None:
+            return 491
+        for from_side, _, pending in call.forwarded.values():
+            if pending.method == "INVITE" or (pending.method == "UPDATE" and pending.body):
+                if from_side == side and pending.method == request.method == "INVITE":
+                    return 500
+                return 491
+        return None
+
+    def _answer_locally(
+        self, call: Call, side: Side, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event]:
+        """A re-INVITE or UPDATE without SDP (a session refresh, or a delayed-offer
+        re-INVITE): answered here, not forwarded. A re-INVITE gets our current SDP for that
+        leg as the offer in the 200 (RFC 3264 §8: the same o= version, nothing changed); its
+        ACK carries the peer's answer, applied to the media in :meth:`_on_ack`."""
+        if request.method == "UPDATE":
+            return self._respond(key, request, 200, now)
+        sdp = call.a_sdp_sent if side == "caller" else call.b_sdp_sent
+        if not sdp:
+            return self._respond(key, request, 488, now)
+        call.local_offer = side
+        dialog = call.a_dialog if side == "caller" else call.b_dialog
+        to_tag = dialog.local_tag if dialog is not None else None
+        return self._respond(
+            key, request, 200, now, to_tag=to_tag,
+            headers=[("Content-Type", "application/sdp")], body=sdp,
+        )  # fmt: skip
+
+    def _on_ack(self, ack: SipRequest) -> None:
+        """The ACK for a 2xx we sent: for a re-INVITE answered here, it brings the answer."""
+        try:
+            call = self._calls.get(ack.call_id)
+        except (SipParseError, ValueError):
+            return
+        if call is None or call.local_offer is None or call.state != "up":
+            return
+        side: Side = "caller" if ack.call_id == call.a_invite.call_id else "pbx"
+        if side != call.local_offer:
+            return
+        call.local_offer = None
+        if not ack.body:
+            return
+        try:
+            answer = parse_sdp(ack.body)
+        except SdpError:
+            log.warning("bad SDP answer in ACK", call=call.id, side=side)
+            return
+        if side == "caller":
+            call.a_sdp = answer
+        else:
+            call.b_sdp = answer
+        self._reconfigure(call)
+
+    def _reconfigure(self, call: Call) -> None:
+        if call.a_sdp is not None and call.b_sdp is not None:
+            self._configure_media(call, call.a_sdp, call.b_sdp)
+
+    def _abandon_pending(self, call: Call, now: float) -> list[Event]:
+        """The dialogs are ending (BYE): requests we forwarded and were not answered get 487
+        (§15.1.2); a 2xx that still comes for a forwarded INVITE is ACKed (see _orphans)."""
+        out: list[Event] = []
+        for ckey, (side, server_key, request) in list(call.forwarded.items()):
+            txn = self.layer.get(server_key)
+            if txn is not None and not getattr(txn, "has_final", True):
+                with contextlib.suppress(Exception):
+                    out += self._respond(server_key, request, 487, now)
+            if request.method == "INVITE":
+                dialog = call.b_dialog if side == "caller" else call.a_dialog
+                if dialog is not None:
+                    self._orphan(ckey, dialog, self._destination(call, side, other=True), None)
+        call.forwarded.clear()
+        call.offers.clear()
+        return out
+
+    def _orphan(
+        self, key: TransactionKey, dialog: Dialog, dest: Address, ack: SendMessage | None
+    ) -> None:
+        self._orphans[key] = (dialog, dest, ack)
+        while len(self._orphans) > _ORPHANS_MAX:
+            del self._orphans[next(iter(self._orphans))]
+
+    def _destination(self, call: Call, side: Side, *, other: bool = False) -> Address:
+        """Where requests to ``side`` (or to the other side, with ``other``) go."""
+        to_caller = (side == "caller") != other
+        return call.a_source if to_caller else self.config.pbx
+
+    def _via(self, call: Call, to: Side) -> str:
+        return self.config.via_for(call.a_transport if to == "caller" else "UDP")
+
+    def _send_request(
+        self, call: Call, to: Side, request: SipRequest, now: float
+    ) -> tuple[TransactionKey, list[Event]]:
+        reliable = to == "caller" and call.a_transport != "UDP"
+        return self.layer.send_request(request, self._destination(call, to), now, reliable=reliable)
 
     @staticmethod
     def _is_dtmf_info(request: SipRequest) -> bool:
@@ -482,10 +646,10 @@ class B2BUA:
                 return self._respond(key, request, 488, now)
         headers = [(n, v) for n in _CARRIED for v in request.headers.get_all(n)]
         out_req = dialog.build_request(
-            request.method, via=self.config.via, headers=headers, body=body
+            request.method, via=self._via(call, other), headers=headers, body=body
         )
-        destination = self.config.pbx if other == "pbx" else call.a_source
-        ckey, out = self.layer.send_request(out_req, destination, now)
+        out_req.headers.set("Max-Forwards", str(_next_max_forwards(request)))
+        ckey, out = self._send_request(call, other, out_req, now)
         call.forwarded[ckey] = (side, key, request)
         if offer is not None:
             call.offers[ckey] = offer
@@ -496,11 +660,10 @@ class B2BUA:
         if dialog is None:
             return []
         try:
-            bye = dialog.build_request("BYE", via=self.config.via)
+            bye = dialog.build_request("BYE", via=self._via(call, side))
         except DialogError:
             return []
-        destination = self.config.pbx if side == "pbx" else call.a_source
-        _, out = self.layer.send_request(bye, destination, now)
+        _, out = self._send_request(call, side, bye, now)
         return out
 
     def _on_cancel(self, key: TransactionKey, now: float) -> list[Event]:
@@ -524,8 +687,15 @@ class B2BUA:
     def _on_response(self, response: SipResponse, key: TransactionKey, now: float) -> list[Event]:
         try:
             call = self._calls.get(response.call_id)
+            is_invite_2xx = response.cseq.method == "INVITE" and 200 <= response.status < 300
         except (SipParseError, ValueError):
             return []
+        if is_invite_2xx:
+            # a retransmitted 2xx (our ACK was lost), or a late one for an ended call
+            if call is not None and key in call.acks:
+                return [call.acks[key]]
+            if call is None and key in self._orphans:
+                return self._ack_orphan(key, response)
         if call is None:
             return []
         if key == call.b_key:
@@ -543,10 +713,16 @@ class B2BUA:
         if call.cancelled or call.state == "ended":
             out: list[Event] = []
             if 200 <= status < 300:  # CANCEL lost the race with 200 OK: ACK, then BYE
-                dialog = Dialog.uac(call.b_invite, response)
-                call.b_dialog = dialog
-                out = self._ack_pbx(call, dialog, now)
-                out += self._bye(call, "pbx", now)
+                try:
+                    dialog = Dialog.uac(call.b_invite, response)
+                except DialogError:
+                    dialog = None
+                if dialog is not None:
+                    call.b_dialog = dialog
+                    out = self._ack_pbx(call, dialog, now)
+                    assert call.b_key is not None
+                    self._orphan(call.b_key, dialog, self.config.pbx, call.acks[call.b_key])
+                    out += self._bye(call, "pbx", now)
             if status >= 200:
                 self._end(call)
             return out
@@ -556,6 +732,7 @@ class B2BUA:
                 answer = parse_sdp(response.body)
                 self._configure_media(call, call.a_offer, answer)
                 body = anchor_media(answer, self.config.media_address, [call.ports[0]]).to_bytes()
+                call.b_sdp = answer
             except (SdpError, ValueError):
                 log.warning("bad SDP from the PBX", call=call.id)
                 body = b""
@@ -580,10 +757,19 @@ class B2BUA:
                 body=body,
             )
             if body:
-                a_resp.headers.add("Contact", f"<{self.config.contact}>")
+                a_resp.headers.add("Contact", f"<{self._contact_toward(call.a_invite)}>")
             return self.layer.send_response(call.a_key, a_resp, now)
         if 200 <= status < 300:
-            dialog = Dialog.uac(call.b_invite, response)
+            try:
+                dialog = Dialog.uac(call.b_invite, response)
+            except DialogError:  # no To tag or no Contact: the PBX leg cannot be a dialog
+                log.warning("unusable 2xx from the PBX", call=call.id)
+                out = self._final_to_caller(call, 502, now)
+                self.counters.calls_failed += 1
+                self._end(call)
+                return out
+            if call.b_dialog is not None and call.b_dialog.remote_tag == dialog.remote_tag:
+                dialog.remote_seq = call.b_dialog.remote_seq
             call.b_dialog = dialog
             out = self._ack_pbx(call, dialog, now)
             a_resp = build_response(
@@ -594,8 +780,9 @@ class B2BUA:
                 headers=headers,
                 body=body,
             )
-            a_resp.headers.add("Contact", f"<{self.config.contact}>")
+            a_resp.headers.add("Contact", f"<{self._contact_toward(call.a_invite)}>")
             out += self.layer.send_response(call.a_key, a_resp, now)
+            call.a_sdp_sent = body
             call.a_dialog = Dialog.uas(call.a_invite, a_resp)
             call.state = "up"
             self.counters.calls_answered += 1
@@ -615,8 +802,25 @@ class B2BUA:
         return out
 
     def _ack_pbx(self, call: Call, dialog: Dialog, now: float) -> list[Event]:
-        ack = dialog.build_ack(via=self.config.via)
-        return [SendMessage(ack, self.config.pbx)]
+        ack = SendMessage(dialog.build_ack(via=self.config.via), self.config.pbx)
+        assert call.b_key is not None
+        call.acks[call.b_key] = ack
+        return [ack]
+
+    def _ack_orphan(self, key: TransactionKey, response: SipResponse) -> list[Event]:
+        """A 2xx for a client INVITE of a call that has ended: ACK it (§13.2.2.4; it would
+        be resent for 32 s otherwise); for a 2xx never ACKed before, the call was hung up
+        meanwhile, so BYE follows (the dialog was established after we hung up)."""
+        dialog, dest, ack = self._orphans[key]
+        if ack is None:
+            try:
+                ack = SendMessage(
+                    dialog.build_ack(via=self.config.via, invite_seq=response.cseq.number), dest
+                )
+            except DialogError:
+                return []
+            self._orphans[key] = (dialog, dest, ack)
+        return [ack]
 
     def _relay_response(
         self,
@@ -634,17 +838,23 @@ class B2BUA:
         out: list[Event] = []
         body = b""
         offer = call.offers.get(key)
-        if response.body and offer is not None and response.status < 300:
+        other: Side = "pbx" if side == "caller" else "caller"
+        if response.body and offer is not None and 200 <= response.status < 300:
             try:
                 answer = parse_sdp(response.body)
                 port = call.ports[0] if side == "caller" else call.ports[1]
                 body = anchor_media(answer, self.config.media_address, [port]).to_bytes()
-                received_offer = parse_sdp(request.body)
+                other_port = call.ports[1] if side == "caller" else call.ports[0]
+                sent = anchor_media(offer, self.config.media_address, [other_port]).to_bytes()
                 if side == "caller":
-                    self._configure_media(call, received_offer, answer)
+                    call.a_sdp, call.b_sdp = offer, answer
+                    call.a_sdp_sent, call.b_sdp_sent = body, sent
                 else:
-                    self._configure_media(call, answer, received_offer)
+                    call.a_sdp, call.b_sdp = answer, offer
+                    call.a_sdp_sent, call.b_sdp_sent = sent, body
+                self._reconfigure(call)
             except (SdpError, ValueError):
+                log.warning("bad SDP answer", call=call.id, side=other)
                 body = b""
         if response.status >= 200:
             call.forwarded.pop(key, None)
@@ -652,9 +862,12 @@ class B2BUA:
             if request.method == "INVITE" and 200 <= response.status < 300:
                 dialog = call.b_dialog if side == "caller" else call.a_dialog
                 if dialog is not None:
-                    ack = dialog.build_ack(via=self.config.via)
-                    dest = self.config.pbx if side == "caller" else call.a_source
-                    out.append(SendMessage(ack, dest))
+                    ack_req = dialog.build_ack(
+                        via=self._via(call, other), invite_seq=response.cseq.number
+                    )
+                    ack = SendMessage(ack_req, self._destination(call, other))
+                    call.acks = {key: ack}  # only the latest re-INVITE's 2xx can come again
+                    out.append(ack)
         headers = [(n, v) for n in _CARRIED_RESPONSE for v in response.headers.get_all(n)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -664,7 +877,7 @@ class B2BUA:
             request, response.status, response.reason, to_tag=to_tag, headers=headers, body=body
         )
         if 200 <= response.status < 300 and request.method in ("INVITE", "UPDATE"):
-            resp.headers.add("Contact", f"<{self.config.contact}>")
+            resp.headers.add("Contact", f"<{self._contact_toward(request)}>")
         try:
             out += self.layer.send_response(server_key, resp, now)
         except Exception:  # the request's transaction is gone (timed out): nothing to answer
@@ -686,9 +899,12 @@ class B2BUA:
             return out
         if key == call.a_key and timer == "L" and call.state == "up":
             log.info("no ACK from the caller", call=call.id)
-            out = self._bye(call, "caller", now) + self._bye(call, "pbx", now)
+            out = self._abandon_pending(call, now)
+            out += self._bye(call, "caller", now) + self._bye(call, "pbx", now)
             self._end(call)
             return out
+        if timer == "L" and call.local_offer is not None:
+            call.local_offer = None  # no ACK (so no answer) for the offer we made in a 2xx
         return []
 
     # -- media -------------------------------------------------------------------------------
@@ -714,6 +930,10 @@ class B2BUA:
         if self._waiting_media.pop(call.id, None) is not None:
             return  # media_ready will release what the adapter opened
         self.counters.calls_ended += 1
+        for key, ack in call.acks.items():
+            dialog = call.b_dialog if ack.destination == self.config.pbx else call.a_dialog
+            if dialog is not None:
+                self._orphan(key, dialog, ack.destination or self.config.pbx, ack)
         self._calls.pop(call.a_invite.call_id, None)
         if call.b_call_id is not None:
             self._calls.pop(call.b_call_id, None)
@@ -770,3 +990,53 @@ def _parse_dtmf_info(request: SipRequest) -> tuple[str | None, int]:
         elif name == "duration" and value.isdigit():
             duration = min(int(value), 10_000)
     return digit, duration
+
+
+def _transport_of(request: SipRequest) -> str:
+    """The transport of the request's top Via ("UDP", "TCP", ...); UDP if unreadable."""
+    try:
+        return parse_via(request.headers.get("Via") or "").transport.upper()
+    except (SipParseError, ValueError):
+        return "UDP"
+
+
+def _option_tags(request: SipRequest, name: str) -> list[str]:
+    """The option tags of Supported/Require, whether one per header or comma-separated."""
+    return [
+        tag.strip().lower()
+        for value in request.headers.get_all(name)
+        for tag in value.split(",")
+        if tag.strip()
+    ]
+
+
+def _next_max_forwards(request: SipRequest) -> int:
+    """The Max-Forwards a request we send on behalf of ``request`` carries: one less (§16.6
+    step 3; a B2BUA keeps the count so a loop through it still ends in 483)."""
+    try:
+        received = request.max_forwards
+    except (SipParseError, ValueError):
+        received = None
+    return _MAX_FORWARDS if received is None else max(min(received - 1, _MAX_FORWARDS), 0)
+
+
+def _mark_received(request: SipRequest, source: Address) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581: note in the top Via where the request really came
+    from (``received``; ``rport`` filled in when asked for), so responses to a caller behind
+    NAT are understood; they are sent to the source address anyway (symmetric)."""
+    top = request.headers.get("Via")
+    if top is None:
+        return
+    try:
+        via = parse_via(top)
+    except (SipParseError, ValueError):
+        return
+    host, port = source
+    wants_rport = via.has_param("rport") and via.rport is None
+    if not wants_rport and via.host.strip("[]") == host:
+        return
+    value = _RPORT.sub(f";rport={port}", top, count=1) if wants_rport else top
+    if via.received is None:
+        value += f";received={host}"
+    request.headers.pop_first("Via")
+    request.headers.prepend("Via", value)

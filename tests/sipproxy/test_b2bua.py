@@ -259,3 +259,371 @@ def test_options_keepalive_is_answered() -> None:
     )
     out = receive(b2b, media, opt, CALLER, 0.0)
     assert [m.status for m in only(out, CALLER) if isinstance(m, SipResponse)] == [200]
+
+
+# -- in-dialog requests, re-INVITE and UPDATE, glare, BYE races ---------------------------------
+
+HOLD = (
+    OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
+    .replace("a=sendrecv", "a=sendonly")
+    .replace("o=alice 1 1", "o=alice 1 2")
+)
+HOLD_ANSWER = ANSWER.replace("a=sendrecv", "a=recvonly").replace("o=pbx 7 7", "o=pbx 7 8")
+RESUME = OFFER.replace("o=alice 1 1", "o=alice 1 3").replace("40000", "40010")
+
+
+def request(
+    method: str,
+    *,
+    call_id: str,
+    from_: str,
+    to: str,
+    cseq: int,
+    branch: str,
+    body: str = "",
+    via: str = "127.0.0.1:5061",
+    extra: str = "",
+    uri: str = "sip:127.0.0.1:5060",
+) -> SipRequest:
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    text = (
+        f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK-{branch};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: {from_}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\nContact: <sip:peer@{via}>\r\n{extra}{ctype}"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    msg = parse_message(text.encode())
+    assert isinstance(msg, SipRequest)
+    return msg
+
+
+@dataclass
+class Up:
+    """A call set up by :func:`setup_call`, with what each side needs to send in-dialog."""
+
+    b2b: B2BUA
+    media: FakeMedia
+    pbx_inv: SipRequest
+    a_tag: str  # our tag toward the caller
+    cseq: dict[str, int] = field(default_factory=lambda: {"caller": 1, "pbx": 100})
+
+    def from_caller(self, method: str, body: str = "", extra: str = "", **kw: str) -> SipRequest:
+        self.cseq["caller"] += 1
+        n = self.cseq["caller"]
+        return request(
+            method, call_id="a1@caller", from_='"Alice" <sip:alice@127.0.0.1>;tag=ta',
+            to=f"<sip:agent@127.0.0.1>;tag={self.a_tag}", cseq=n, branch=f"a{method}{n}",
+            body=body, extra=extra, **kw,
+        )  # fmt: skip
+
+    def from_pbx(self, method: str, body: str = "", extra: str = "") -> SipRequest:
+        self.cseq["pbx"] += 1
+        n = self.cseq["pbx"]
+        return request(
+            method, call_id=self.pbx_inv.call_id, from_="<sip:agent@127.0.0.1>;tag=tb",
+            to=f"{self.pbx_inv.headers.get('From')}", cseq=n, branch=f"b{method}{n}",
+            body=body, via="127.0.0.1:5070", extra=extra,
+        )  # fmt: skip
+
+
+def up(b2b: B2BUA | None = None, media: FakeMedia | None = None) -> Up:
+    if b2b is None or media is None:
+        b2b, media = make()
+    _, pbx_inv, out = setup_call(b2b, media)
+    ok = next(m for m in only(out, CALLER) if isinstance(m, SipResponse) and m.status == 200)
+    assert ok.to.tag
+    return Up(b2b, media, pbx_inv, ok.to.tag)
+
+
+def responses(out: list[SendMessage], dest: tuple[str, int]) -> list[SipResponse]:
+    return [m for m in only(out, dest) if isinstance(m, SipResponse)]
+
+
+def requests(out: list[SendMessage], dest: tuple[str, int]) -> list[SipRequest]:
+    return [m for m in only(out, dest) if isinstance(m, SipRequest)]
+
+
+def sdp_of(msg: SipRequest | SipResponse) -> tuple[str, int, str]:
+    sdp = parse_sdp(msg.body)
+    conn = sdp.media_connection(sdp.media[0])
+    assert conn is not None
+    return conn.address, sdp.media[0].port, sdp.media_direction(sdp.media[0])
+
+
+def ok_for(req: SipRequest, body: str = "", tag: str | None = None) -> SipResponse:
+    hdrs = [("Contact", "<sip:peer@127.0.0.1:5070>")]
+    if body:
+        hdrs.append(("Content-Type", "application/sdp"))
+    return build_response(req, 200, to_tag=tag, headers=hdrs, body=body.encode())
+
+
+def test_caller_hold_and_resume_by_reinvite_is_anchored_and_reconfigures_media() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    # hold: a=sendonly with the RFC 2543 null address
+    reinv = c.from_caller("INVITE", HOLD)
+    out = receive(b2b, media, reinv, CALLER, 10.0)
+    (fwd,) = requests(out, PBX)
+    assert fwd.method == "INVITE" and fwd.call_id == c.pbx_inv.call_id
+    assert fwd.cseq.number > c.pbx_inv.cseq.number and fwd.to.tag == "tb"
+    assert sdp_of(fwd)[1:] == (30002, "sendonly")  # the proxy's port, the caller's direction
+    assert [r.status for r in responses(out, CALLER)] == [100]
+    media.configured.clear()
+    out = receive(b2b, media, ok_for(fwd, HOLD_ANSWER), PBX, 10.1)
+    (ok,) = responses(out, CALLER)
+    assert ok.status == 200 and ok.cseq.number == reinv.cseq.number
+    assert sdp_of(ok) == ("127.0.0.9", 30000, "recvonly")
+    (ack,) = requests(out, PBX)  # the proxy ACKs the PBX's 2xx itself
+    assert ack.method == "ACK" and ack.cseq.number == fwd.cseq.number
+    legs = {side: leg for _, side, leg, _ in media.configured}
+    assert legs["caller"].remote is None and legs["caller"].direction == "sendonly"
+    assert legs["pbx"].remote == ("127.0.0.2", 50000) and legs["pbx"].direction == "recvonly"
+    # the PBX resends its 2xx (our ACK was lost): the same ACK again, nothing to the caller
+    out = receive(b2b, media, ok_for(fwd, HOLD_ANSWER), PBX, 10.6)
+    assert [m.method for m in requests(out, PBX)] == ["ACK"] and only(out, CALLER) == []
+    assert requests(out, PBX)[0].headers.get("Via") == ack.headers.get("Via")
+    # the caller's ACK for our 2xx is absorbed here (the PBX leg was ACKed already)
+    caller_ack = c.from_caller("ACK")
+    caller_ack.headers.set("CSeq", f"{reinv.cseq.number} ACK")
+    out = receive(b2b, media, caller_ack, CALLER, 10.2)
+    assert out == []
+    # resume on a new port: media follows
+    out = receive(b2b, media, c.from_caller("INVITE", RESUME), CALLER, 20.0)
+    (fwd2,) = requests(out, PBX)
+    assert sdp_of(fwd2)[1:] == (30002, "sendrecv")
+    media.configured.clear()
+    out = receive(b2b, media, ok_for(fwd2, ANSWER), PBX, 20.1)
+    assert [r.status for r in responses(out, CALLER)] == [200]
+    legs = {side: leg for _, side, leg, _ in media.configured}
+    assert legs["caller"].remote == ("127.0.0.1", 40010) and legs["caller"].direction == "sendrecv"
+
+
+def test_reinvite_and_update_from_the_pbx_reach_the_caller_anchored() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    for method in ("INVITE", "UPDATE"):
+        req = c.from_pbx(method, HOLD_ANSWER.replace("recvonly", "sendonly"))
+        out = receive(b2b, media, req, PBX, 5.0)
+        (fwd,) = requests(out, CALLER)
+        assert fwd.method == method and fwd.call_id == "a1@caller"
+        assert fwd.from_.tag == c.a_tag and fwd.to.tag == "ta"
+        assert sdp_of(fwd) == ("127.0.0.9", 30000, "sendonly")
+        media.configured.clear()
+        out = receive(b2b, media, ok_for(fwd, OFFER.replace("sendrecv", "recvonly")), CALLER, 5.1)
+        (ok,) = responses(out, PBX)
+        assert ok.status == 200 and sdp_of(ok) == ("127.0.0.9", 30002, "recvonly")
+        acks = requests(out, CALLER)
+        assert [a.method for a in acks] == (["ACK"] if method == "INVITE" else [])
+        legs = {side: leg for _, side, leg, _ in media.configured}
+        assert legs["pbx"].direction == "sendonly" and legs["caller"].direction == "recvonly"
+
+
+def test_glare_gets_491_and_a_second_invite_from_the_same_side_500() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    out = receive(b2b, media, c.from_caller("INVITE", HOLD), CALLER, 1.0)
+    (fwd,) = requests(out, PBX)
+    # the PBX's own re-INVITE crosses ours: it gets 491 (§14.2), nothing reaches the caller
+    out = receive(b2b, media, c.from_pbx("INVITE", ANSWER), PBX, 1.01)
+    assert [r.status for r in responses(out, PBX)] == [100, 491]
+    assert only(out, CALLER) == []
+    out = receive(b2b, media, c.from_pbx("UPDATE", ANSWER), PBX, 1.02)
+    assert [r.status for r in responses(out, PBX)] == [491]
+    # a second re-INVITE from the caller while its first is pending: 500 with Retry-After
+    out = receive(b2b, media, c.from_caller("INVITE", RESUME), CALLER, 1.03)
+    final = responses(out, CALLER)[-1]
+    assert final.status == 500 and final.headers.get("Retry-After")
+    # the PBX refuses ours with 491 as well: relayed to the caller, the PBX's non-2xx ACKed
+    out = receive(b2b, media, build_response(fwd, 491, to_tag="tb"), PBX, 1.1)
+    assert [r.status for r in responses(out, CALLER)] == [491]
+    assert [m.method for m in requests(out, PBX)] == ["ACK"]
+    # afterwards a new offer goes through
+    out = receive(b2b, media, c.from_pbx("INVITE", ANSWER), PBX, 3.0)
+    assert [m.method for m in requests(out, CALLER)] == ["INVITE"]
+
+
+def test_reinvite_without_sdp_is_answered_with_our_offer_and_the_ack_carries_the_answer() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    reinv = c.from_caller("INVITE")
+    out = receive(b2b, media, reinv, CALLER, 2.0)
+    assert only(out, PBX) == []  # a session refresh does not bother the PBX
+    ok = responses(out, CALLER)[-1]
+    assert ok.status == 200 and ok.to.tag == c.a_tag
+    assert sdp_of(ok) == ("127.0.0.9", 30000, "sendrecv")  # the SDP the caller already has
+    media.configured.clear()
+    ack = c.from_caller("ACK", RESUME)
+    ack.headers.set("CSeq", f"{reinv.cseq.number} ACK")
+    out = receive(b2b, media, ack, CALLER, 2.1)
+    assert out == []
+    legs = {side: leg for _, side, leg, _ in media.configured}
+    assert legs["caller"].remote == ("127.0.0.1", 40010)
+    # UPDATE without SDP (a refresh) is answered here too
+    out = receive(b2b, media, c.from_pbx("UPDATE"), PBX, 3.0)
+    assert [r.status for r in responses(out, PBX)] == [200] and only(out, CALLER) == []
+
+
+def test_bye_crossing_bye_ends_the_call_once() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    out = receive(b2b, media, c.from_caller("BYE"), CALLER, 5.0)
+    (bye_to_pbx,) = requests(out, PBX)
+    # the PBX's BYE crossed ours: the dialog is gone (481, §15.1.2), no second BYE anywhere
+    out = receive(b2b, media, c.from_pbx("BYE"), PBX, 5.01)
+    assert [r.status for r in responses(out, PBX)] == [481] and only(out, CALLER) == []
+    out = receive(b2b, media, build_response(bye_to_pbx, 200), PBX, 5.02)
+    assert out == []
+    assert b2b.calls == [] and media.released == media.allocated
+
+
+def test_bye_during_a_pending_reinvite_answers_it_487_and_acks_a_late_2xx() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    reinv = c.from_caller("INVITE", HOLD)
+    out = receive(b2b, media, reinv, CALLER, 1.0)
+    (fwd,) = requests(out, PBX)
+    out = receive(b2b, media, c.from_pbx("BYE"), PBX, 1.1)
+    assert [r.status for r in responses(out, PBX)] == [200]
+    to_caller = only(out, CALLER)
+    assert [(m.status, m.cseq.method) for m in to_caller if isinstance(m, SipResponse)] == [
+        (487, "INVITE")
+    ]
+    assert [m.method for m in to_caller if isinstance(m, SipRequest)] == ["BYE"]
+    assert b2b.calls == [] and media.released == media.allocated
+    # the PBX had answered the re-INVITE 200 anyway: it is ACKed, and again on retransmission
+    for t in (1.2, 1.7):
+        out = receive(b2b, media, ok_for(fwd, HOLD_ANSWER), PBX, t)
+        assert [(m.method, m.cseq.number) for m in requests(out, PBX)] == [("ACK", fwd.cseq.number)]
+
+
+def test_cancel_before_any_provisional_waits_for_one() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = only(out, PBX)
+    assert isinstance(pbx_inv, SipRequest)
+    cancel = parse_message(
+        b"CANCEL sip:agent@127.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-inv1;rport\r\n"
+        b'From: "Alice" <sip:alice@127.0.0.1>;tag=ta\r\nTo: <sip:agent@127.0.0.1>\r\n'
+        b"Call-ID: a1@caller\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    out = receive(b2b, media, cancel, CALLER, 0.05)
+    assert sorted(r.status for r in responses(out, CALLER)) == [200, 487]
+    assert requests(out, PBX) == []  # §9.1: no CANCEL before a provisional
+    out = receive(b2b, media, build_response(pbx_inv, 100), PBX, 0.1)
+    (pbx_cancel,) = requests(out, PBX)
+    assert pbx_cancel.method == "CANCEL" and pbx_cancel.call_id == pbx_inv.call_id
+    out = receive(b2b, media, build_response(pbx_inv, 487, to_tag="tb"), PBX, 0.2)
+    assert [m.method for m in requests(out, PBX)] == ["ACK"]  # the layer ACKs the 487
+    assert only(out, CALLER) == [] and b2b.calls == [] and media.released == media.allocated
+
+
+def test_hangup_while_ringing_cancels_and_hangs_up_a_200_that_races() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = only(out, PBX)
+    assert isinstance(pbx_inv, SipRequest)
+    receive(b2b, media, build_response(pbx_inv, 180, to_tag="tb"), PBX, 0.1)
+    (call,) = b2b.calls
+    out = b2b.hangup(call, 0.5, "shutdown")
+    assert [r.status for r in responses(out, CALLER)] == [503]
+    assert [m.method for m in requests(out, PBX)] == ["CANCEL"]
+    ok = ok_for(pbx_inv, ANSWER, tag="tb")
+    out = receive(b2b, media, ok, PBX, 0.6)
+    assert [m.method for m in requests(out, PBX)] == ["ACK", "BYE"]
+    assert b2b.calls == [] and media.released == media.allocated
+    out = receive(b2b, media, ok, PBX, 1.0)  # retransmitted: ACKed again, no second BYE
+    assert [m.method for m in requests(out, PBX)] == ["ACK"]
+
+
+# -- headers --------------------------------------------------------------------------------------
+
+
+def test_max_forwards_is_decremented_and_zero_gets_483() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = requests(out, PBX)
+    assert pbx_inv.max_forwards == 69
+    b2b, media = make()
+    inv = invite()
+    inv.headers.set("Max-Forwards", "0")
+    out = receive(b2b, media, inv, CALLER, 0.0)
+    assert [r.status for r in responses(out, CALLER)] == [100, 483]
+    assert requests(out, PBX) == [] and media.allocated == []
+
+
+def test_our_own_invite_routed_back_is_a_loop_482() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = requests(out, PBX)
+    out = receive(b2b, media, pbx_inv, PBX, 0.1)  # the PBX sent it back to us
+    assert [r.status for r in responses(out, PBX)] == [100, 482]
+    assert b2b.counters.loops == 1 and len(b2b.calls) == 1
+
+
+def test_record_route_from_the_pbx_is_used_for_the_bye() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = requests(out, PBX)
+    ok = ok_for(pbx_inv, ANSWER, tag="tb")
+    ok.headers.add("Record-Route", "<sip:127.0.0.1:5070;lr>")
+    ok.headers.add("Record-Route", "<sip:10.9.9.9;lr>")
+    receive(b2b, media, ok, PBX, 0.1)
+    (call,) = b2b.calls
+    out = b2b.hangup(call, 1.0, "media timeout")
+    (bye,) = requests(out, PBX)
+    assert bye.headers.get_all("Route") == ["<sip:10.9.9.9;lr>", "<sip:127.0.0.1:5070;lr>"]
+    assert bye.uri == "sip:peer@127.0.0.1:5070"
+
+
+def test_100rel_is_stripped_toward_the_pbx_and_required_100rel_refused() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(extra="Supported: 100rel, timer\r\n"), CALLER, 0.0)
+    (pbx_inv,) = requests(out, PBX)
+    assert pbx_inv.headers.get_all("Supported") == ["timer"]
+    b2b, media = make()
+    out = receive(b2b, media, invite(extra="Require: timer, 100rel\r\n"), CALLER, 0.0)
+    final = responses(out, CALLER)[-1]
+    assert final.status == 420 and final.headers.get("Unsupported") == "100rel"
+
+
+def test_what_the_pbx_sees_from_to_contact() -> None:
+    b2b, media = make()
+    out = receive(b2b, media, invite(), CALLER, 0.0)
+    (pbx_inv,) = requests(out, PBX)
+    assert pbx_inv.uri == "sip:agent@127.0.0.1:5070"
+    assert str(pbx_inv.from_.uri) == "sip:alice@127.0.0.1" and pbx_inv.from_.tag != "ta"
+    assert str(pbx_inv.to.uri) == "sip:agent@127.0.0.1" and pbx_inv.to.tag is None
+    assert pbx_inv.headers.get("Contact") == "<sip:127.0.0.1:5060>"
+    assert pbx_inv.headers.get_all("Via")[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;")
+    assert "5061" not in pbx_inv.serialize().decode()  # nothing of the caller's transport
+
+
+def test_responses_to_a_natted_caller_go_to_its_source_with_received_and_rport() -> None:
+    b2b, media = make()
+    inv = invite()
+    inv.headers.set("Via", "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-nat1;rport")
+    nat = ("127.0.0.1", 40123)
+    out = receive(b2b, media, inv, nat, 0.0)
+    (trying,) = responses(out, nat)
+    assert trying.status == 100
+    assert trying.headers.get("Via") == (
+        "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-nat1;rport=40123;received=127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "SUBSCRIBE", "PUBLISH"])
+def test_out_of_dialog_methods_we_do_not_serve_get_405_with_allow(method: str) -> None:
+    b2b, media = make()
+    req = request(method, call_id="r1", from_="<sip:x@127.0.0.1>;tag=r", to="<sip:x@127.0.0.1>",
+                  cseq=1, branch="r1")  # fmt: skip
+    out = receive(b2b, media, req, CALLER, 0.0)
+    (resp,) = responses(out, CALLER)
+    assert resp.status == 405 and "INVITE" in (resp.headers.get("Allow") or "")
+
+
+def test_options_in_dialog_is_answered_here() -> None:
+    c = up()
+    out = receive(c.b2b, c.media, c.from_caller("OPTIONS"), CALLER, 3.0)
+    (resp,) = responses(out, CALLER)
+    assert resp.status == 200 and resp.headers.get("Allow") and only(out, PBX) == []
