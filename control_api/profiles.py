@@ -1,0 +1,614 @@
+"""Payment configuration: the ``payments:`` section of ``profiles.yaml``.
+
+One top-level section, ``payments:``, beside the proxy's ``proxy:`` (each reader ignores the
+other's section; both refuse non-plain YAML tags and duplicate keys anywhere in the file). It
+has three parts, each a mapping from an id (letters, digits, ``-``, ``_``; 1-64) to its
+settings; the reference for every key is the comment beside it in ``profiles.yaml``:
+
+- ``accounts``: who uses the API. ``payments`` switches the provisioned feature on or off
+  (off: the account's profiles are not offered and sessions are refused), and ``tokens`` are
+  its API tokens, each with a ``role`` (``agent`` or ``admin``) and the token given one way:
+
+  * ``env: NAME``: the token is the value of the environment variable ``NAME`` at load time
+    (at least 32 characters); it is hashed at once and only the hash is kept;
+  * ``sha256: <64 hex digits>``: the SHA-256 of the token (``python -m control_api.profiles
+    hash-token`` prints it), so the file holds no secret.
+
+  A plain ``token:`` key is refused: the file never holds a token. Tokens are long random
+  strings, so one unsalted SHA-256 is enough (no password-hashing KDF needed); they are
+  compared in constant time, and one token may belong to one account and role only.
+- ``providers``: payment providers; ``type: sandbox`` is the embedded one (a SIP user agent on
+  loopback and a processor deciding by test card numbers, :mod:`control_api.sandbox`).
+- ``profiles``: what an agent picks to take a payment: ``account``, ``method`` (``guided`` or
+  ``self_service``), ``purpose``, ``destination_account`` (the merchant account at the
+  provider), ``provider``, ``currency`` and ``min_amount``/``max_amount`` (written as decimals:
+  ``12.50``), ``fields`` (``[card_number, expiry, cvv]``, optionally ``postal_code`` last),
+  ``masking`` (what the agent hears per key: ``tone``, ``silence``, ``noise``),
+  ``show_last_four``, and the timeouts.
+
+With no ``payments:`` section the result is :func:`default_payments`: the sandbox provider and
+no accounts (no token opens the API). Errors name file, line, column and key, all at once, in
+one :class:`sipproxy.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+
+import yaml
+
+from control_api.events import FieldName
+from control_api.yamlnodes import NodeReader, decode_text
+from sipproxy.config import MAX_FILE_SIZE, ConfigError, ConfigProblem
+
+__all__ = [
+    "DEFAULT_FIELDS",
+    "MIN_TOKEN_LENGTH",
+    "Account",
+    "ApiToken",
+    "MaskStyle",
+    "Method",
+    "PaymentProfile",
+    "PaymentsConfig",
+    "ProviderConfig",
+    "Role",
+    "TokenGrant",
+    "currency_exponent",
+    "default_payments",
+    "hash_token",
+    "load_payments",
+    "parse_payments",
+]
+
+Role = Literal["agent", "admin"]
+Method = Literal["guided", "self_service"]
+MaskStyle = Literal["tone", "silence", "noise"]
+ProviderType = Literal["sandbox"]
+_T = TypeVar("_T")
+ROLES: Final[tuple[Role, ...]] = ("agent", "admin")
+METHODS: Final[tuple[Method, ...]] = ("guided", "self_service")
+MASK_STYLES: Final[tuple[MaskStyle, ...]] = ("tone", "silence", "noise")
+PROVIDER_TYPES: Final[tuple[ProviderType, ...]] = ("sandbox",)
+_S = TypeVar("_S", bound=str)
+
+MIN_TOKEN_LENGTH: Final = 32
+DEFAULT_FIELDS: Final = (FieldName.CARD_NUMBER, FieldName.EXPIRY, FieldName.CVV)
+MAX_LINK_TTL_S: Final = 72 * 3600.0
+MAX_AMOUNT: Final = Decimal("1000000000")
+_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_ENV: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEX64: Final = re.compile(r"[0-9a-f]{64}\Z")
+_CURRENCY: Final = re.compile(r"[A-Z]{3}\Z")
+_SIP_URI: Final = re.compile(r"sips?:[^\s@]+@[^\s@]+\Z")
+# ISO 4217 currencies whose minor unit is not 2 decimals; every other code has 2.
+_EXPONENTS: Final = {
+    **dict.fromkeys(
+        ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+         "VND", "VUV", "XAF", "XOF", "XPF"),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}  # fmt: skip
+
+
+def currency_exponent(code: str) -> int:
+    """Decimals of ``code``'s minor unit (ISO 4217): JPY 0, KWD 3, most 2."""
+    return _EXPONENTS.get(code, 2)
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 (hex) stored for an API token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One API token: its role and the SHA-256 of its text (never the text)."""
+
+    role: Role
+    sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """Who a presented token is."""
+
+    account: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    payments_enabled: bool
+    tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: ProviderType = "sandbox"
+    sip_uri: str = "sip:sandbox@127.0.0.1:5090"
+    answer_timeout_s: float = 30.0
+    processing_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentProfile:
+    name: str
+    account: str
+    provider: str
+    currency: str
+    min_amount: Decimal
+    max_amount: Decimal
+    method: Method = "guided"
+    purpose: str = ""
+    destination_account: str = ""
+    fields: tuple[FieldName, ...] = DEFAULT_FIELDS
+    masking: MaskStyle = "tone"
+    show_last_four: bool = True
+    hold_timeout_s: float = 300.0
+    capture_timeout_s: float = 120.0
+    link_ttl_s: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    """The ``payments:`` section."""
+
+    accounts: Mapping[str, Account]
+    providers: Mapping[str, ProviderConfig]
+    profiles: Mapping[str, PaymentProfile]
+    source: str = "<embedded default>"
+
+    def authenticate(self, token: str) -> TokenGrant | None:
+        """The account and role of ``token``, or ``None``; constant time per stored token."""
+        digest = hash_token(token)
+        found: TokenGrant | None = None
+        for account in self.accounts.values():
+            for t in account.tokens:
+                if hmac.compare_digest(digest, t.sha256):
+                    found = TokenGrant(account.id, t.role)
+        return found
+
+    def profiles_for(self, account: str) -> tuple[PaymentProfile, ...]:
+        """The profiles ``account`` may use; none when its payments feature is off."""
+        acct = self.accounts.get(account)
+        if acct is None or not acct.payments_enabled:
+            return ()
+        return tuple(p for p in self.profiles.values() if p.account == account)
+
+
+def default_payments() -> PaymentsConfig:
+    """No ``payments:`` section: the embedded sandbox provider, no accounts, no profiles."""
+    return PaymentsConfig({}, {"sandbox": ProviderConfig("sandbox")}, {})
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def load_payments(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> PaymentsConfig:
+    """Read ``path`` (``None``: the embedded default) and validate its ``payments:`` section.
+    ``env`` (default ``os.environ``) supplies ``env:`` tokens. Raises ``ConfigError``."""
+    if path is None:
+        return default_payments()
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem(name, None, None, None, f"cannot read: {exc.strerror}")]
+        ) from None
+    return parse_payments(data, filename=name, env=env)
+
+
+def parse_payments(
+    text: str | bytes, *, filename: str = "<string>", env: Mapping[str, str] | None = None
+) -> PaymentsConfig:
+    """Validate the ``payments:`` section of YAML ``text``; errors name ``filename``."""
+    reader = _Reader(NodeReader(filename, decode_text(text, filename)), env or os.environ)
+    return reader.read()
+
+
+# ------------------------------------------------------------------------------- reading
+
+_ACCOUNT_KEYS: Final = ("name", "payments", "tokens")
+_TOKEN_KEYS: Final = ("role", "env", "sha256", "token")
+_PROVIDER_KEYS: Final = ("type", "sip_uri", "answer_timeout_s", "processing_timeout_s")
+_PROFILE_KEYS: Final = (
+    "account",
+    "method",
+    "purpose",
+    "destination_account",
+    "provider",
+    "currency",
+    "min_amount",
+    "max_amount",
+    "fields",
+    "masking",
+    "show_last_four",
+    "hold_timeout_s",
+    "capture_timeout_s",
+    "link_ttl_s",
+)
+
+
+class _Reader:
+    def __init__(self, nodes: NodeReader, env: Mapping[str, str]) -> None:
+        self.r = nodes
+        self.env = env
+
+    def read(self) -> PaymentsConfig:
+        r = self.r
+        try:
+            node = r.section("payments")
+            r.raise_problems()
+            if node is None:
+                return PaymentsConfig({}, default_payments().providers, {}, source=r.filename)
+            top = r.mapping(node, "payments", ("accounts", "providers", "profiles")) or {}
+            accounts = self._ids(top.get("accounts"), "payments.accounts", self._account)
+            providers = self._ids(top.get("providers"), "payments.providers", self._provider)
+            if top.get("providers") is None:
+                providers = dict(default_payments().providers)
+            profiles = self._ids(
+                top.get("profiles"),
+                "payments.profiles",
+                lambda n, d, name: self._profile(n, d, name, accounts, providers),
+            )
+            self._check_tokens(top.get("accounts"), accounts)
+            r.raise_problems()
+            return PaymentsConfig(accounts, providers, profiles, source=r.filename)
+        finally:
+            r.close()
+
+    def _ids(
+        self,
+        node: yaml.Node | None,
+        dotted: str,
+        one: Callable[[yaml.Node, str, str], _T | None],
+    ) -> dict[str, _T]:
+        if node is None:
+            return {}
+        m = self.r.mapping(node, dotted, None)
+        out: dict[str, _T] = {}
+        for name, value in (m or {}).items():
+            sub = f"{dotted}.{name}"
+            if not _ID.match(name):
+                self.r.problem(value, sub, "ids are 1-64 letters, digits, '-' or '_'")
+                continue
+            item = one(value, sub, name)
+            if item is not None:
+                out[name] = item
+        return out
+
+    # -- accounts
+
+    def _account(self, node: yaml.Node, dotted: str, name: str) -> Account | None:
+        r = self.r
+        m = r.mapping(node, dotted, _ACCOUNT_KEYS, required=("payments",))
+        if m is None:
+            return None
+        display = name
+        if "name" in m:
+            display = r.string(m["name"], f"{dotted}.name", "a display name (1-200 chars)") or name
+        enabled = r.boolean(m["payments"], f"{dotted}.payments") if "payments" in m else None
+        tokens: list[ApiToken] = []
+        if "tokens" in m:
+            items = r.sequence(m["tokens"], f"{dotted}.tokens", "tokens ({role, env|sha256})")
+            for i, item in enumerate(items or ()):
+                token = self._token(item, f"{dotted}.tokens[{i}]")
+                if token is not None:
+                    tokens.append(token)
+        return Account(name, display, bool(enabled), tuple(tokens))
+
+    def _token(self, node: yaml.Node, dotted: str) -> ApiToken | None:
+        r = self.r
+        m = r.mapping(node, dotted, _TOKEN_KEYS, required=("role",))
+        if m is None:
+            return None
+        if "token" in m:
+            r.problem(
+                m["token"],
+                f"{dotted}.token",
+                "tokens are never written in this file: give env: VARIABLE (the token in an "
+                "environment variable) or sha256: <hex> (python -m control_api.profiles "
+                "hash-token)",
+            )
+            return None
+        role = r.choice(m["role"], f"{dotted}.role", ROLES) if "role" in m else None
+        given = [k for k in ("env", "sha256") if k in m]
+        if len(given) != 1:
+            r.problem(node, dotted, "give exactly one of env: or sha256:")
+            return None
+        digest: str | None = None
+        if given[0] == "env":
+            var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
+            if var is not None and not _ENV.match(var):
+                r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
+            elif var is not None:
+                value = self.env.get(var)
+                if value is None:
+                    r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
+                elif len(value) < MIN_TOKEN_LENGTH:
+                    r.problem(
+                        m["env"],
+                        f"{dotted}.env",
+                        f"the token in {var} is too short (at least {MIN_TOKEN_LENGTH} "
+                        "characters: use a random one, e.g. python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(32))')",
+                    )
+                else:
+                    digest = hash_token(value)
+        else:
+            text = r.string(m["sha256"], f"{dotted}.sha256", "64 lowercase hex digits")
+            if text is not None and not _HEX64.match(text):
+                r.problem(
+                    m["sha256"],
+                    f"{dotted}.sha256",
+                    "must be 64 lowercase hex digits (the SHA-256 of the token)",
+                )
+            elif text is not None:
+                digest = text
+        if role is None or digest is None:
+            return None
+        return ApiToken(role, digest)
+
+    def _check_tokens(self, node: yaml.Node | None, accounts: Mapping[str, Account]) -> None:
+        seen: dict[str, str] = {}
+        for account in accounts.values():
+            for token in account.tokens:
+                if token.sha256 in seen:
+                    self.r.problem(
+                        node,
+                        f"payments.accounts.{account.id}.tokens",
+                        f"the same token is also given for account {seen[token.sha256]}: "
+                        "each token opens one account with one role",
+                    )
+                else:
+                    seen[token.sha256] = account.id
+
+    # -- providers
+
+    def _provider(self, node: yaml.Node, dotted: str, name: str) -> ProviderConfig | None:
+        r = self.r
+        m = r.mapping(node, dotted, _PROVIDER_KEYS, required=("type",))
+        if m is None:
+            return None
+        d = ProviderConfig(name)
+        ptype = r.choice(m["type"], f"{dotted}.type", PROVIDER_TYPES) if "type" in m else None
+        uri = d.sip_uri
+        if "sip_uri" in m:
+            got = r.string(m["sip_uri"], f"{dotted}.sip_uri", "a SIP URI (sip:user@host:port)")
+            if got is not None and not _SIP_URI.match(got):
+                r.problem(
+                    m["sip_uri"],
+                    f"{dotted}.sip_uri",
+                    f"must be a SIP URI such as sip:pay@192.0.2.5:5060, got {got!r}",
+                )
+            elif got is not None:
+                uri = got
+        answer = self._seconds(m, dotted, "answer_timeout_s", d.answer_timeout_s, 1, 300)
+        processing = self._seconds(
+            m, dotted, "processing_timeout_s", d.processing_timeout_s, 1, 600
+        )
+        if ptype is None:
+            return None
+        return ProviderConfig(name, ptype, uri, answer, processing)
+
+    def _seconds(
+        self,
+        m: dict[str, yaml.Node],
+        dotted: str,
+        key: str,
+        default: float,
+        lo: float,
+        hi: float,
+    ) -> float:
+        if key not in m:
+            return default
+        got = self.r.number(m[key], f"{dotted}.{key}", lo, hi, f"a number of seconds {lo:g}-{hi:g}")
+        return default if got is None else got
+
+    # -- profiles
+
+    def _profile(
+        self,
+        node: yaml.Node,
+        dotted: str,
+        name: str,
+        accounts: Mapping[str, Account],
+        providers: Mapping[str, ProviderConfig],
+    ) -> PaymentProfile | None:
+        r = self.r
+        required = ("account", "provider", "currency", "min_amount", "max_amount")
+        m = r.mapping(node, dotted, _PROFILE_KEYS, required=required)
+        if m is None:
+            return None
+        ok = all(k in m for k in required)
+        account = self._ref(m, dotted, "account", accounts, "payments.accounts")
+        provider = self._ref(m, dotted, "provider", providers, "payments.providers")
+        method = self._opt_choice(m, dotted, "method", METHODS, "guided")
+        purpose = self._opt_text(m, dotted, "purpose", "a short description (1-200 chars)")
+        dest = self._opt_text(m, dotted, "destination_account", "a merchant account id")
+        currency = None
+        if "currency" in m:
+            currency = r.string(m["currency"], f"{dotted}.currency", "an ISO 4217 code like GBP")
+            if currency is not None and not _CURRENCY.match(currency):
+                r.problem(
+                    m["currency"],
+                    f"{dotted}.currency",
+                    f"must be an ISO 4217 code in capitals such as GBP, got {currency!r}",
+                )
+                currency = None
+        places = currency_exponent(currency or "")
+        lo = self._amount(m, dotted, "min_amount", places)
+        hi = self._amount(m, dotted, "max_amount", places)
+        if lo is not None and hi is not None and lo > hi:
+            r.problem(
+                m["max_amount"], f"{dotted}.max_amount", f"must be at least min_amount ({lo})"
+            )
+            hi = None
+        fields = self._fields(m, dotted)
+        masking = self._opt_choice(m, dotted, "masking", MASK_STYLES, "tone")
+        show = True
+        if "show_last_four" in m:
+            got = r.boolean(m["show_last_four"], f"{dotted}.show_last_four")
+            show = True if got is None else got
+        d = PaymentProfile(name, "", "", "", Decimal(0), Decimal(0))
+        hold = self._seconds(m, dotted, "hold_timeout_s", d.hold_timeout_s, 10, 3600)
+        capture = self._seconds(m, dotted, "capture_timeout_s", d.capture_timeout_s, 10, 3600)
+        ttl = self._seconds(m, dotted, "link_ttl_s", d.link_ttl_s, 300, MAX_LINK_TTL_S)
+        if "link_ttl_s" in m and method != "self_service":
+            r.problem(m["link_ttl_s"], f"{dotted}.link_ttl_s", "only for method: self_service")
+        if (
+            not ok
+            or account is None
+            or provider is None
+            or currency is None
+            or lo is None
+            or hi is None
+            or fields is None
+        ):
+            return None
+        return PaymentProfile(
+            name=name,
+            account=account,
+            provider=provider,
+            currency=currency,
+            min_amount=lo,
+            max_amount=hi,
+            method=method,
+            purpose=purpose,
+            destination_account=dest,
+            fields=fields,
+            masking=masking,
+            show_last_four=show,
+            hold_timeout_s=hold,
+            capture_timeout_s=capture,
+            link_ttl_s=ttl,
+        )
+
+    def _ref(
+        self,
+        m: dict[str, yaml.Node],
+        dotted: str,
+        key: str,
+        known: Mapping[str, object],
+        where: str,
+    ) -> str | None:
+        if key not in m:
+            return None
+        got = self.r.string(m[key], f"{dotted}.{key}", f"an id from {where}")
+        if got is not None and got not in known:
+            names = ", ".join(sorted(known)) or "none defined"
+            self.r.problem(
+                m[key], f"{dotted}.{key}", f"unknown {key} {got!r} (in {where}: {names})"
+            )
+            return None
+        return got
+
+    def _opt_choice(
+        self,
+        m: dict[str, yaml.Node],
+        dotted: str,
+        key: str,
+        choices: tuple[_S, ...],
+        default: _S,
+    ) -> _S:
+        if key not in m:
+            return default
+        got = self.r.choice(m[key], f"{dotted}.{key}", choices)
+        return default if got is None else got
+
+    def _opt_text(self, m: dict[str, yaml.Node], dotted: str, key: str, what: str) -> str:
+        if key not in m:
+            return ""
+        return self.r.string(m[key], f"{dotted}.{key}", what) or ""
+
+    def _amount(
+        self, m: dict[str, yaml.Node], dotted: str, key: str, places: int
+    ) -> Decimal | None:
+        if key not in m:
+            return None
+        what = f"an amount above 0, at most {places} decimals"
+        got = self.r.decimal(m[key], f"{dotted}.{key}", what)
+        if got is None:
+            return None
+        exponent = got.as_tuple().exponent
+        if (
+            got <= 0
+            or got > MAX_AMOUNT
+            or (
+                isinstance(exponent, int)
+                and -exponent > places
+                and got != got.quantize(Decimal(1).scaleb(-places))
+            )
+        ):
+            self.r.problem(m[key], f"{dotted}.{key}", f"must be {what}, got {got}")
+            return None
+        return got
+
+    def _fields(self, m: dict[str, yaml.Node], dotted: str) -> tuple[FieldName, ...] | None:
+        if "fields" not in m:
+            return DEFAULT_FIELDS
+        sub = f"{dotted}.fields"
+        what = "card_number, expiry, cvv, and optionally postal_code, in that order"
+        items = self.r.sequence(m["fields"], sub, what)
+        if items is None:
+            return None
+        names: list[str] = []
+        for i, item in enumerate(items):
+            ok, value = self.r.scalar(item, f"{sub}[{i}]")
+            if not ok or not isinstance(value, str) or value not in set(FieldName):
+                self.r.problem(
+                    item,
+                    f"{sub}[{i}]",
+                    f"must be one of {', '.join(FieldName)}, got {value!r}"
+                    if ok
+                    else f"must be a field name, got a {type(value).__name__}",
+                )
+                return None
+            names.append(value)
+        allowed = (
+            [f.value for f in DEFAULT_FIELDS],
+            [*(f.value for f in DEFAULT_FIELDS), FieldName.POSTAL_CODE.value],
+        )
+        if names not in allowed:
+            self.r.problem(m["fields"], sub, f"must be {what}, got [{', '.join(names)}]")
+            return None
+        return tuple(FieldName(n) for n in names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m control_api.profiles hash-token``: read a token on stdin, print its hash."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["hash-token"]:
+        print("usage: python -m control_api.profiles hash-token < token.txt", file=sys.stderr)
+        return 2
+    token = sys.stdin.readline().rstrip("\r\n")
+    if len(token) < MIN_TOKEN_LENGTH:
+        print(f"token too short (at least {MIN_TOKEN_LENGTH} characters)", file=sys.stderr)
+        return 1
+    print(f"sha256: {hash_token(token)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
