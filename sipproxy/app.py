@@ -148,7 +148,9 @@ class Proxy:
     async def start(self) -> None:
         await self.sip.start()
         # the B2BUA puts its own address in Via/Contact: the port bound may have been 0
-        self.b2bua.config = replace(self.b2bua.config, sip_port=self.sip.udp_port)
+        self.b2bua.config = replace(
+            self.b2bua.config, sip_port=self.sip.udp_port, tcp_port=self.sip.tcp_port
+        )
         self.lag.start()
         listen = self.config.metrics.listen
         if listen is not None:

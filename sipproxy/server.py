@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from sipproxy.relay import MediaRelay, PortsExhausted
 from sipproxy.sipmessage import (
     SipParseError,
     SipRequest,
+    SipResponse,
     StreamFramer,
     build_response,
     parse_message,
@@ -46,6 +48,8 @@ class SipCounters:
     keepalives: int = 0
     send_errors: int = 0
     tcp_connections: int = 0
+    tcp_closed_framing: int = 0  # connections closed on a framing error (§18.3)
+    internal_errors: int = 0  # a message the B2BUA failed on (a bug): dropped, counted
 
 
 class CallEvents:
@@ -98,6 +102,45 @@ class RelayMedia:
             handle.media.on_sip_info(digit, duration_ms, now)
 
 
+_COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
+_COPIED = (b"via", b"from", b"to", b"call-id", b"cseq")
+
+
+def _reason(description: str) -> str:
+    """A reason phrase from a parse error: printable ASCII, short, no CR/LF."""
+    text = "".join(c if " " <= c < "\x7f" else "?" for c in description)
+    return text[:60] or "Bad Request"
+
+
+def _raw_response(data: bytes, status: int, description: str) -> bytes | None:
+    """A response to a request too broken to parse, built from its raw header lines; None
+    when it is not a request (or an ACK), or lacks a header a response must carry."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    start = lines[0].split(b" ")
+    if len(start) != 3 or start[2] != b"SIP/2.0" or start[0] in (b"ACK", b""):
+        return None
+    copied: list[bytes] = []
+    seen: set[bytes] = set()
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        key = name.strip().lower()
+        key = _COMPACT.get(key, key)
+        if not sep or key not in _COPIED or any(c in value for c in b"\x00\r\n"):
+            continue
+        value = value.strip()
+        if key == b"to" and b"tag=" not in value.lower():
+            value += b";tag=" + secrets.token_hex(8).encode()
+        seen.add(key)
+        copied.append(name.strip() + b": " + value)
+    if seen != set(_COPIED):
+        return None
+    reason = _reason(description).encode()
+    return b"\r\n".join(
+        [b"SIP/2.0 %d %s" % (status, reason), *copied, b"Content-Length: 0", b"", b""]
+    )
+
+
 def _leg_params(leg: LegMedia) -> LegParams | None:
     if leg.codec not in ("PCMU", "PCMA"):
         return None
@@ -126,10 +169,21 @@ class _Udp(asyncio.DatagramProtocol):
         self.server.counters.send_errors += 1
 
 
+class _Framer(StreamFramer):
+    """The stream framer, keeping the frame it parses last: a framed but malformed request
+    is answered 400 from it (§18.3: the connection stays up)."""
+
+    last_frame: bytes = b""
+
+    def next_message(self) -> SipRequest | SipResponse | None:
+        self.last_frame = self._frames[0] if self._frames else b""
+        return super().next_message()
+
+
 @dataclass(eq=False)
 class _TcpPeer:
     writer: asyncio.StreamWriter
-    framer: StreamFramer
+    framer: _Framer
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -208,7 +262,18 @@ class SipServer:
         except SipParseError as exc:
             self._bad_message(data, exc, addr, None)
             return
-        self._dispatch(self.b2bua.receive(message, addr, self.now()))
+        self._receive(message, addr)
+
+    def _receive(self, message: SipRequest | SipResponse, addr: Address) -> None:
+        """One parsed message into the B2BUA. A failure there is a bug, but one peer's
+        message must not take the listener down (DESIGN.md invariant 7): counted, logged."""
+        try:
+            sends = self.b2bua.receive(message, addr, self.now())
+        except Exception as exc:
+            self.counters.internal_errors += 1
+            log.error("sip message failed", error=type(exc).__name__, source=addr)
+            return
+        self._dispatch(sends)
 
     def _bad_message(
         self, data: bytes, exc: SipParseError, addr: Address, peer: _TcpPeer | None
@@ -220,43 +285,59 @@ class SipServer:
         log.info("sip message dropped", reason=exc.description, rule=exc.rule, source=addr)
         if data.startswith(b"SIP/"):
             return
+        status = exc.status if exc.status in (400, 505, 513) else 400
         try:
             # the headers a response needs may still parse with the body cut off
             head = data.split(b"\r\n\r\n", 1)[0] + b"\r\nContent-Length: 0\r\n\r\n"
             request = parse_message(head, max_size=self.max_message_size)
         except SipParseError:
+            # a header the response copies is itself broken (CSeq, To...): answer from the
+            # raw lines (§8.2.6.2 asks for the request's Via, From, To, Call-ID and CSeq)
+            raw = _raw_response(data, status, exc.description)
+            if raw is not None:
+                self.counters.answered_400 += 1
+                self._send_bytes(raw, addr)
             return
         if isinstance(request, SipRequest) and request.method != "ACK":
-            status = exc.status if exc.status in (400, 505, 513) else 400
-            response = build_response(request, status, exc.description[:60])
+            response = build_response(request, status, _reason(exc.description))
             self.counters.answered_400 += 1
             self._send(SendMessage(response, addr))
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         addr: Address = (peername[0], peername[1])
-        peer = _TcpPeer(writer, StreamFramer(self.max_message_size))
+        peer = _TcpPeer(writer, _Framer(self.max_message_size))
         self._tcp_peers[addr] = peer
         self.counters.tcp_connections += 1
         try:
             while data := await reader.read(65536):
-                peer.framer.feed(data)
+                framer = peer.framer
+                pings = framer.keepalives
+                framer.feed(data)
+                if framer.keepalives > pings:  # RFC 5626 §3.5.1: a pong for each ping
+                    self.counters.keepalives += framer.keepalives - pings
+                    writer.write(b"\r\n" * (framer.keepalives - pings))
                 while True:
                     try:
-                        message = peer.framer.next_message()
+                        message = framer.next_message()
                     except SipParseError as exc:
-                        self._bad_message(b"", exc, addr, peer)
-                        if peer.framer.broken:
+                        if framer.broken:  # no Content-Length, or too large: §18.3, close
+                            self.counters.tcp_closed_framing += 1
+                            self._bad_message(b"", exc, addr, peer)
                             return
+                        self.counters.received += 1
+                        self._bad_message(framer.last_frame, exc, addr, peer)
                         continue
                     if message is None:
                         break
                     self.counters.received += 1
-                    self._dispatch(self.b2bua.receive(message, addr, self.now()))
+                    self._receive(message, addr)
+                await writer.drain()  # a peer that does not read stops being read
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._tcp_peers.pop(addr, None)
+            if self._tcp_peers.get(addr) is peer:
+                del self._tcp_peers[addr]
             writer.close()
 
     # -- output --------------------------------------------------------------------------------
@@ -270,13 +351,16 @@ class SipServer:
     def _send(self, send: SendMessage) -> None:
         if send.destination is None:
             return
-        data = send.message.serialize()
-        peer = self._tcp_peers.get(send.destination)
+        self._send_bytes(send.message.serialize(), send.destination)
+
+    def _send_bytes(self, data: bytes, destination: Address) -> None:
+        """On the TCP connection from ``destination`` if there is one, else over UDP."""
+        peer = self._tcp_peers.get(destination)
         try:
             if peer is not None:
                 peer.writer.write(data)
             elif self._udp is not None and self._udp.transport is not None:
-                self._udp.transport.sendto(data, send.destination)
+                self._udp.transport.sendto(data, destination)
             else:
                 return
             self.counters.sent += 1
