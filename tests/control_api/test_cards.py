@@ -261,14 +261,6 @@ def test_errors_never_echo_input(text: str) -> None:
         try:
             check(text)
         except CardValidationError as exc:
-            shown = f"{exc} {exc!r} {exc.args}"
-            stripped = text.strip()
-            if len(stripped) >= 2:
-                assert stripped not in shown.replace(exc.field, "").replace(exc.code.value, "")
-            assert not any(
-                ch.isdigit()
-                for ch in f"{exc}".replace("0-9", "")
-                .replace("01-12", "")
-                .replace("3-10", "")
-                .replace(" 20 ", "")
-            )
+            # the message is fixed by field and code alone: nothing of the input is in it
+            assert str(exc) == f"{exc.field}: {exc.code.value}: {exc.code.sentence}"
+            assert repr(exc) == f"CardValidationError(code={exc.code.value!r}, field={exc.field!r})"
