@@ -26,9 +26,11 @@ ints, read on scrape. Nothing here logs, and no digit value appears in a repr.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -232,89 +234,115 @@ class MediaCounters:
 
 # --------------------------------------------------------------------------- one leg
 
+Sender = Callable[[bytes, Any], object]
+"""Sends one datagram to an address (a transport's ``sendto``)."""
+
+# the RTP fixed header, as peek_rtp reads it and build_rtp writes it
+_HDR = struct.Struct("!BBHII")
+_HDR_UNPACK = _HDR.unpack_from
+_HDR_PACK = _HDR.pack
+_LATE_D = _TS_MOD - SAMPLE_RATE * 2  # ts - fed (mod 2**32) above this: a slot already gone
+
 
 class _Latch:
-    """Symmetric RTP address latching for one socket of one leg."""
+    """Symmetric RTP address latching for one socket of one leg.
 
-    __slots__ = ("_initial", "address", "last_rx", "relatch_after")
+    ``raw`` is the latched address exactly as the socket reported it (the fast paths compare
+    against it); ``dest`` is where to send: the latched address, else the one from SDP.
+    """
+
+    __slots__ = ("_initial", "address", "dest", "last_rx", "raw", "relatch_after")
 
     def __init__(self, relatch_after: float, initial: Address | None) -> None:
         self.address: Address | None = None
+        self.raw: object = None
         self.last_rx = float("-inf")
         self.relatch_after = relatch_after
         self._initial = initial  # from SDP: where to send until the peer's packets latch
+        self.dest: Address | None = initial
 
     @property
     def destination(self) -> Address | None:
-        return self.address if self.address is not None else self._initial
+        return self.dest
 
-    def accept(self, addr: Address, now: float, counters: LegCounters) -> bool:
-        if addr == self.address:
+    def set_initial(self, initial: Address | None) -> None:
+        self._initial = initial
+        self.dest = self.address if self.address is not None else initial
+
+    def accept(self, addr: Any, now: float, counters: LegCounters) -> bool:
+        if addr == self.raw:
             self.last_rx = now
             return True
-        if self.address is None:
-            self.address = addr
+        norm: Address = (addr[0], addr[1])
+        if norm == self.address:
             self.last_rx = now
             return True
-        if now - self.last_rx >= self.relatch_after:
-            self.address = addr
-            self.last_rx = now
+        if self.address is not None and now - self.last_rx < self.relatch_after:
+            counters.hijack += 1
+            return False
+        if self.address is not None:
             counters.relatch += 1
-            return True
-        counters.hijack += 1
-        return False
+        self.address = self.dest = norm
+        self.raw = addr
+        self.last_rx = now
+        return True
 
 
 class _Leg:
     """One leg: its peer (latched addresses, negotiated types, incoming SSRC) and the stream
-    we send it."""
+    we send it. ``send_rtp``/``send_rtcp`` are set when an I/O adapter sends directly;
+    otherwise what is sent waits in the call's outbox."""
+
+    __slots__ = (
+        "audio_pt",
+        "codec",
+        "counters",
+        "event_pt",
+        "in_ssrc",
+        "name",
+        "out",
+        "out_ssrc",
+        "params",
+        "rtcp",
+        "rtcp_mux",
+        "rtp",
+        "send_rtcp",
+        "send_rtp",
+    )
 
     def __init__(self, name: LegName, params: LegParams, config: MediaConfig) -> None:
         self.name: LegName = name
-        self.params = params
         self.counters = LegCounters()
         self.rtp = _Latch(config.relatch_after_s, params.remote)
-        rtcp_initial = params.remote_rtcp
-        if rtcp_initial is None and params.remote is not None:
-            rtcp_initial = (params.remote[0], params.remote[1] + 1)
-        self.rtcp = _Latch(config.relatch_after_s, rtcp_initial)
+        self.rtcp = _Latch(config.relatch_after_s, None)
         self.out = StreamRewriter.create(ptime_ms=params.ptime_ms)
+        self.out_ssrc = self.out.ssrc
         self.in_ssrc: int | None = None  # the peer's media SSRC, as last seen
         self.rtcp_mux = False  # the peer sent RTCP on its RTP port
+        self.send_rtp: Sender | None = None
+        self.send_rtcp: Sender | None = None
+        self.update(params)
 
     def update(self, params: LegParams) -> None:
         self.params = params
-        self.rtp._initial = params.remote
+        self.codec: Codec = params.codec
+        self.audio_pt = params.audio_pt
+        self.event_pt = params.event_payload_type
+        self.rtp.set_initial(params.remote)
         rtcp_initial = params.remote_rtcp
         if rtcp_initial is None and params.remote is not None:
             rtcp_initial = (params.remote[0], params.remote[1] + 1)
-        self.rtcp._initial = rtcp_initial
+        self.rtcp.set_initial(rtcp_initial)
 
 
 # --------------------------------------------------------------------------- the call
 
-
-@dataclass(slots=True)
-class _Frame:
-    """A caller frame waiting for the engine, with the agent-stream header it will go in."""
-
-    payload: bytes | None  # the caller's G.711 codes; None for a masking fill frame
-    n: int  # samples
-    seq: int
-    ts: int
-    marker: bool
-    at: float  # arrival time: maps the engine's sample positions onto the media clock
-    fill: bool = False
-
-
-@dataclass(slots=True)
-class _Release:
-    """release_mask at input position ``end``, applied in order with the frames."""
-
-    end: int
-
-
-_Pending = _Frame | _Release
+# A caller frame waiting for the engine, with the agent-stream header it will go in:
+# (G.711 codes or None for a masking fill frame, samples, seq, ts, marker, arrival time).
+# A plain tuple: the masked path makes one per packet.
+_Frame = tuple[bytes | None, int, int, int, bool, float]
+# An int in the queue is a release_mask at that input position, applied in order.
+_Pending = _Frame | int
 
 
 class CallMedia:
@@ -323,6 +351,10 @@ class CallMedia:
     Inputs: :meth:`receive` (a datagram, its source, the socket it came on, its arrival
     time), :meth:`on_sip_info`, :meth:`tick`. Outputs: :meth:`datagrams_to_send` and
     :meth:`events`. The caller-to-agent audio goes out when the engine flushes.
+
+    An I/O adapter may :meth:`bind_senders` so datagrams go straight to its sockets instead
+    of the outbox, and feed RTP through :meth:`rx_caller` / :meth:`rx_agent` (the same as
+    :meth:`receive` for an RTP socket, with a fast path for plain audio packets).
     """
 
     def __init__(
@@ -346,19 +378,23 @@ class CallMedia:
         self._outbox: list[Datagram] = []
         self._pending: deque[_Pending] = deque()
         self._n_pending_frames = 0
+        self._max_pending = config.max_pending_frames
+        self._codecs: tuple[Codec, Codec] = (caller.codec, agent.codec)
         self._receiver = self._make_receiver(caller)
         self._dedup = DigitDeduplicator()
         # caller timeline: sample position of everything queued for the engine so far, the
         # caller RTP timestamp that position corresponds to, and the slot clock
         self._fed = 0
-        self._ts_at_fed: int | None = None
-        self._ssrc_fed: int | None = None
-        self._anchor: tuple[int, int] | None = None  # (caller ts, position) of newest frame
+        self._ts_at_fed = 0
+        self._ssrc_fed: int | None = None  # None: nothing fed yet (then _ts_at_fed is moot)
+        # (caller ts, position) of the newest audio frame; position -1: none yet
+        self._anchor_ts = 0
+        self._anchor_pos = -1
         self._slot_time = now  # arrival time of the newest frame queued (real or fill)
         self._event_open = False
         self._fill_until = -1  # keep filling empty slots until the engine has had this much
-        self._last_rx = now
-        self._timeout_reported = False
+        self._opened = now
+        self._timeout_reported_at: float | None = None  # _last_rx when the timeout was sent
 
     def _make_receiver(self, caller: LegParams) -> EventReceiver:
         pts = () if caller.event_payload_type is None else (caller.event_payload_type,)
@@ -373,12 +409,20 @@ class CallMedia:
         """New SDP for one leg (re-INVITE): codec, payload types, SDP addresses."""
         leg = self.leg(name)
         leg.update(params)
+        self._codecs = (self.caller.codec, self.agent.codec)
         if name == "caller":
             self._receiver.payload_types = (
                 frozenset()
                 if params.event_payload_type is None
                 else frozenset((params.event_payload_type,))
             )
+
+    def bind_senders(self, leg: LegName, rtp: Sender | None, rtcp: Sender | None) -> None:
+        """Send ``leg``'s datagrams with ``rtp(data, address)`` (``rtcp`` for its RTCP
+        socket) as they are made; None puts them in the outbox again."""
+        target = self.leg(leg)
+        target.send_rtp = rtp
+        target.send_rtcp = rtcp
 
     def datagrams_to_send(self) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -392,8 +436,92 @@ class CallMedia:
     def has_output(self) -> bool:
         return bool(self._outbox or self._events)
 
+    @property
+    def _last_rx(self) -> float:
+        """When either leg last sent anything we accepted (or the call opened)."""
+        c, a = self.caller, self.agent
+        return max(self._opened, c.rtp.last_rx, c.rtcp.last_rx, a.rtp.last_rx, a.rtcp.last_rx)
+
+    def rx_caller(self, data: bytes, addr: Any, now: float) -> None:
+        """:meth:`receive` of one datagram on the caller's RTP socket. The fast path takes a
+        plain audio packet (no marker, CSRC, extension or padding) from the latched address
+        and the stream already being fed, and queues it for the engine."""
+        src = self.caller
+        latch = src.rtp
+        size = len(data)
+        if size > 12 and addr == latch.raw and self._n_pending_frames < self._max_pending:
+            b0, b1, seq, ts, ssrc = _HDR_UNPACK(data)
+            if (
+                b0 == 0x80
+                and b1 == src.audio_pt
+                and ssrc == self._ssrc_fed
+                and (ts - self._ts_at_fed) & 0xFFFFFFFF <= _LATE_D
+                and not self.closed
+            ):
+                c = src.counters
+                c.rx_packets += 1
+                c.rx_bytes += size
+                latch.last_rx = now
+                src.in_ssrc = ssrc
+                fields = self.agent.out.rewrite(seq, ts, ssrc, False, now)
+                if fields is None:
+                    c.late += 1
+                    return
+                n = size - 12  # G.711: one byte per sample; decoded in the batch at flush
+                self._ts_at_fed = (ts + n) & 0xFFFFFFFF
+                self._anchor_ts = ts
+                fed = self._anchor_pos = self._fed
+                pending = self._pending
+                if not pending:
+                    self.engine._mark_dirty(self)
+                pending.append((data[12:], n, fields[0], fields[1], fields[2], now))
+                self._n_pending_frames += 1
+                self._fed = fed + n
+                self._slot_time = now
+                return
+        self.receive("caller", data, addr, now)
+
+    def rx_agent(self, data: bytes, addr: Any, now: float) -> None:
+        """:meth:`receive` of one datagram on the agent's RTP socket. The fast path relays a
+        plain audio packet from the latched address, same codec both sides, straight to the
+        caller's sender: header rewritten, payload untouched."""
+        src = self.agent
+        latch = src.rtp
+        size = len(data)
+        if size > 12 and addr == latch.raw:
+            dst = self.caller
+            send = dst.send_rtp
+            b0, b1, seq, ts, ssrc = _HDR_UNPACK(data)
+            if (
+                b0 == 0x80
+                and b1 == src.audio_pt
+                and send is not None
+                and dst.codec == src.codec
+                and dst.rtp.dest is not None
+                and not self.closed
+            ):
+                c = src.counters
+                c.rx_packets += 1
+                c.rx_bytes += size
+                latch.last_rx = now
+                src.in_ssrc = ssrc
+                fields = dst.out.rewrite(seq, ts, ssrc, False, now)
+                if fields is None:
+                    c.late += 1
+                    return
+                seq, ts, marker = fields
+                packet = (
+                    _HDR_PACK(0x80, dst.audio_pt | (marker << 7), seq, ts, dst.out_ssrc) + data[12:]
+                )
+                send(packet, dst.rtp.dest)
+                d = dst.counters
+                d.tx_packets += 1
+                d.tx_bytes += size
+                return
+        self.receive("agent", data, addr, now)
+
     def receive(
-        self, leg: LegName, data: bytes, addr: Address, now: float, *, rtcp_port: bool = False
+        self, leg: LegName, data: bytes, addr: Any, now: float, *, rtcp_port: bool = False
     ) -> None:
         """One datagram that arrived on ``leg``'s RTP socket (its RTCP socket if
         ``rtcp_port``) from ``addr`` at ``now``. Never raises on what the peer sent."""
@@ -409,9 +537,8 @@ class CallMedia:
         except RtpError as exc:
             setattr(c, exc.reason, getattr(c, exc.reason) + 1)
             return
-        params = src.params
-        is_audio = pt == params.audio_pt
-        if not is_audio and pt != params.event_payload_type:
+        is_audio = pt == src.audio_pt
+        if not is_audio and pt != src.event_pt:
             c.unknown_pt += 1
             return
         if stop <= start:
@@ -422,14 +549,13 @@ class CallMedia:
         c.rx_packets += 1
         c.rx_bytes += len(data)
         src.in_ssrc = ssrc
-        self._last_rx = now
-        self._timeout_reported = False
         if src is self.agent:
             self._relay_to_caller(data, pt, seq, ts, ssrc, marker, start, stop, is_audio, now)
         elif is_audio:
             self._caller_audio(data, seq, ts, ssrc, marker, start, stop, now)
         else:
             c.events_rx += 1
+            self.engine._ticking[self.call_id] = self
             payload = data[start:stop]
             for ev in self._receiver.receive(
                 payload_type=pt,
@@ -449,16 +575,31 @@ class CallMedia:
     def tick(self, now: float) -> None:
         """Timer work, about every 20 ms: masking frames for empty slots during an RFC 4733
         event, closing events whose end never came, the media timeout."""
+        self._tick_events(now)
+        self._check_timeout(now)
+
+    def _tick_events(self, now: float) -> bool:
+        """The RFC 4733 part of :meth:`tick`; False once the call needs no more of it."""
         if self.closed:
-            return
+            return False
         for ev in self._receiver.poll(now * 1000.0):
             self._on_rtp_event(ev, ev.ssrc)
         self._fill_slots(now)
-        idle = now - self._last_rx
-        if idle >= self.config.media_timeout_s and not self._timeout_reported:
-            self._timeout_reported = True
+        return (
+            self._event_open
+            or self._fed < self._fill_until
+            or self._receiver.deadline() is not None
+        )
+
+    def _check_timeout(self, now: float) -> None:
+        if self.closed:
+            return
+        last = self._last_rx
+        idle = now - last
+        if idle >= self.config.media_timeout_s and self._timeout_reported_at != last:
+            self._timeout_reported_at = last
             self._events.append(MediaTimeout(self.call_id, idle))
-            self.engine._ready[self.call_id] = self
+            self.engine._mark_ready(self)
 
     def deadline(self) -> float:
         """When :meth:`tick` next has work (seconds): the adapter's timer can sleep until."""
@@ -484,13 +625,13 @@ class CallMedia:
             self.agent.counters.flood += 1
             return
         if is_audio:
-            out_pt = dst.params.audio_pt
-        elif dst.params.event_payload_type is not None:
-            out_pt = dst.params.event_payload_type
+            out_pt = dst.audio_pt
+        elif dst.event_pt is not None:
+            out_pt = dst.event_pt
         else:
             self.agent.counters.unknown_pt += 1  # the caller cannot take events
             return
-        addr = dst.rtp.destination
+        addr = dst.rtp.dest
         if addr is None:
             dst.counters.no_destination += 1
             return
@@ -499,23 +640,27 @@ class CallMedia:
             self.agent.counters.late += 1
             return
         o_seq, o_ts, o_marker = fields
-        if is_audio and dst.params.codec != self.agent.params.codec:
-            pcm = _decode(self.agent.params.codec, data[start:stop])
+        if is_audio and dst.codec != self.agent.codec:
+            pcm = _decode(self.agent.codec, data[start:stop])
             packet = build_rtp(
                 out_pt,
                 o_seq,
                 o_ts,
-                dst.out.ssrc,
-                _encode(dst.params.codec, pcm).tobytes(),
+                dst.out_ssrc,
+                _encode(dst.codec, pcm).tobytes(),
                 marker=o_marker,
             )
         else:
-            packet = rewrite_rtp_header(data, o_seq, o_ts, dst.out.ssrc, o_marker, out_pt)
+            packet = rewrite_rtp_header(data, o_seq, o_ts, dst.out_ssrc, o_marker, out_pt)
         self._send(dst, False, addr, packet)
 
     def _send(self, dst: _Leg, rtcp: bool, addr: Address, packet: bytes) -> None:
-        self._outbox.append(Datagram(dst.name, rtcp, addr, packet))
-        self.engine._ready[self.call_id] = self
+        send = dst.send_rtcp if rtcp else dst.send_rtp
+        if send is not None:
+            send(packet, addr)
+        else:
+            self._outbox.append(Datagram(dst.name, rtcp, addr, packet))
+            self.engine._mark_ready(self)
         if rtcp:
             dst.counters.rtcp_tx += 1
         else:
@@ -524,7 +669,7 @@ class CallMedia:
 
     # ----------------------------------------------------------------------- RTCP
 
-    def _receive_rtcp(self, src: _Leg, data: bytes, addr: Address, now: float, muxed: bool) -> None:
+    def _receive_rtcp(self, src: _Leg, data: bytes, addr: Any, now: float, muxed: bool) -> None:
         c = src.counters
         latch = src.rtp if muxed else src.rtcp
         if not latch.accept(addr, now, c):
@@ -532,8 +677,6 @@ class CallMedia:
         if muxed:
             src.rtcp_mux = True
         c.rtcp_rx += 1
-        self._last_rx = now
-        self._timeout_reported = False
         dst = self.agent if src is self.caller else self.caller
         if len(self._outbox) >= self.config.max_outbox:
             c.flood += 1
@@ -541,15 +684,15 @@ class CallMedia:
         # src's media SSRC -> the SSRC we send dst with; our SSRC towards src -> dst's own
         table: dict[int, int] = {}
         if src.in_ssrc is not None:
-            table[src.in_ssrc] = dst.out.ssrc
+            table[src.in_ssrc] = dst.out_ssrc
         if dst.in_ssrc is not None:
-            table[src.out.ssrc] = dst.in_ssrc
+            table[src.out_ssrc] = dst.in_ssrc
         try:
             packet = rewrite_rtcp_ssrcs(data, table, rtp_timestamp=dst.out.translate_timestamp)
         except RtcpError:
             c.rtcp_malformed += 1
             return
-        addr_out = dst.rtp.destination if dst.rtcp_mux else dst.rtcp.destination
+        addr_out = dst.rtp.dest if dst.rtcp_mux else dst.rtcp.dest
         if addr_out is None:
             dst.counters.no_destination += 1
             return
@@ -569,14 +712,10 @@ class CallMedia:
         now: float,
     ) -> None:
         c = self.caller.counters
-        if self._n_pending_frames >= self.config.max_pending_frames:
+        if self._n_pending_frames >= self._max_pending:
             c.flood += 1
             return
-        if (
-            ssrc == self._ssrc_fed
-            and self._ts_at_fed is not None
-            and -SAMPLE_RATE * 2 < _ts_diff(ts, self._ts_at_fed) < 0
-        ):
+        if ssrc == self._ssrc_fed and (ts - self._ts_at_fed) & 0xFFFFFFFF > _LATE_D:
             # its slot is gone: already sent (a masking frame filled it, or a duplicate)
             c.late += 1
             return
@@ -586,25 +725,25 @@ class CallMedia:
             return
         n = stop - start  # G.711: one byte per sample; decoded in the batch at flush
         self._ssrc_fed = ssrc
-        self._ts_at_fed = (ts + n) % _TS_MOD
-        self._anchor = (ts, self._fed)
-        self._queue(_Frame(data[start:stop], n, fields[0], fields[1], fields[2], now))
+        self._ts_at_fed = (ts + n) & 0xFFFFFFFF
+        self._anchor_ts = ts
+        self._anchor_pos = self._fed
+        self._queue((data[start:stop], n, fields[0], fields[1], fields[2], now))
         self._fed += n
         self._slot_time = now
 
     def _queue(self, item: _Pending) -> None:
-        if isinstance(item, _Frame):
+        if type(item) is not int:
             self._n_pending_frames += 1
+        if not self._pending:
+            self.engine._mark_dirty(self)
         self._pending.append(item)
-        self.engine._dirty[self.stream] = self
 
     def _position_of(self, ts: int) -> int:
         """Engine input position of caller RTP timestamp ``ts`` (by the newest audio frame)."""
-        anchor = self._anchor
-        if anchor is None:
+        if self._anchor_pos < 0:
             return self._fed
-        a_ts, a_pos = anchor
-        return max(a_pos + _ts_diff(ts, a_ts), 0)
+        return max(self._anchor_pos + _ts_diff(ts, self._anchor_ts), 0)
 
     def _on_rtp_event(self, ev: RtpDigitStarted | RtpDigitEnded | RtpOtherEvent, ssrc: int) -> None:
         eng = self.engine.masker
@@ -624,13 +763,13 @@ class CallMedia:
         self._event_open = False
         # fill empty slots until the masked tail has come out of the delay line
         self._fill_until = max(self._fill_until, end + eng.lookahead + 2 * 160)
-        self._queue(_Release(end))
+        self._queue(end)
 
     def _fill_slots(self, now: float) -> None:
         """Masking frames for the 20 ms slots the caller leaves empty during an event."""
         if not (self._event_open or self._fed < self._fill_until):
             return
-        if self._n_pending_frames >= self.config.max_pending_frames:
+        if self._n_pending_frames >= self._max_pending:
             return
         step = self.caller.params.ptime_ms / 1000.0
         n = SAMPLE_RATE * self.caller.params.ptime_ms // 1000
@@ -638,14 +777,14 @@ class CallMedia:
         while (
             now - self._slot_time >= step + self.config.slot_slack_s
             and made < self.config.max_fill_per_tick
-            and self._n_pending_frames < self.config.max_pending_frames
+            and self._n_pending_frames < self._max_pending
             and (self._event_open or self._fed < self._fill_until)
         ):
             seq, ts, marker = self.agent.out.insert(n, now=now)
-            self._queue(_Frame(None, n, seq, ts, marker, now, fill=True))
+            self._queue((None, n, seq, ts, marker, now))
             self._fed += n
-            if self._ts_at_fed is not None:
-                self._ts_at_fed = (self._ts_at_fed + n) % _TS_MOD
+            if self._ssrc_fed is not None:
+                self._ts_at_fed = (self._ts_at_fed + n) & 0xFFFFFFFF
             self._slot_time += step
             self.counters.fill_frames += 1
             made += 1
@@ -654,18 +793,22 @@ class CallMedia:
 
     # called by the engine during flush -----------------------------------------------------
 
+    def _release(self, end: int) -> None:
+        try:
+            self.engine.masker.release_mask(self.stream, end)
+        except Exception:
+            self.counters.engine_failures += 1
+
     def _next_frame(self) -> _Frame | None:
         """The next queued frame, applying queued mask releases that precede it."""
-        eng = self.engine.masker
-        while self._pending:
-            item = self._pending.popleft()
-            if isinstance(item, _Frame):
-                self._n_pending_frames -= 1
-                return item
-            try:
-                eng.release_mask(self.stream, item.end)
-            except Exception:
-                self.counters.engine_failures += 1
+        pending = self._pending
+        while pending:
+            item = pending.popleft()
+            if type(item) is int:
+                self._release(item)
+                continue
+            self._n_pending_frames -= 1
+            return item  # type: ignore[return-value]
         return None
 
     def _emit(self, frame: _Frame, payload: bytes | None) -> None:
@@ -673,18 +816,17 @@ class CallMedia:
         the engine did not run for it: silence goes instead (fail closed, invariant 4)."""
         dst = self.agent
         if payload is None:
-            payload = _encode(dst.params.codec, np.zeros(frame.n, np.int16)).tobytes()
+            payload = _encode(dst.codec, np.zeros(frame[1], np.int16)).tobytes()
             self.counters.fail_closed_frames += 1
         else:
             self.counters.frames_masked_path += 1
-        addr = dst.rtp.destination
+        addr = dst.rtp.dest
         if addr is None:
             dst.counters.no_destination += 1
             return
-        packet = build_rtp(
-            dst.params.audio_pt, frame.seq, frame.ts, dst.out.ssrc, payload, marker=frame.marker
-        )
-        self._send(dst, False, addr, packet)
+        pt = dst.audio_pt
+        packet = _HDR_PACK(0x80, pt | 0x80 if frame[4] else pt, frame[2], frame[3], dst.out_ssrc)
+        self._send(dst, False, addr, packet + payload)
 
     def _engine_failed(self, frame: _Frame) -> None:
         """The engine raised on a pass holding ``frame``: mask what it holds in its delay
@@ -693,15 +835,17 @@ class CallMedia:
         self._emit(frame, None)
         try:
             pos = eng.position(self.stream)
-            eng.force_mask(self.stream, pos - eng.lookahead, pos + frame.n)
+            eng.force_mask(self.stream, pos - eng.lookahead, pos + frame[1])
         except Exception:
             pass
 
     def _on_engine_event(self, ev: DigitEvent, frame: _Frame, pos_after: int) -> None:
         # media clock of a sample position: the frame that brought pos_after - 1 arrived at
-        # frame.at
+        # frame's arrival time
+        arrived = frame[5]
+
         def at(pos: int) -> float:
-            return frame.at * 1000.0 - (pos_after - pos) * 1000.0 / SAMPLE_RATE
+            return arrived * 1000.0 - (pos_after - pos) * 1000.0 / SAMPLE_RATE
 
         if isinstance(ev, DigitStarted):
             self._offer(ev.digit, "inband", at(ev.start), None)
@@ -716,12 +860,14 @@ class CallMedia:
         if new:
             self.counters.digits += 1
             self._events.append(CallDigit(self.call_id, digit, source, start_ms / 1000.0))
-            self.engine._ready[self.call_id] = self
+            self.engine._mark_ready(self)
         else:
             self.counters.duplicate_digits += 1
 
 
 # --------------------------------------------------------------------------- shared engine
+
+_SILENCE_CODE: dict[Codec, int] = {"PCMU": 0xFF, "PCMA": 0xD5}
 
 
 class MediaEngine:
@@ -731,6 +877,10 @@ class MediaEngine:
     rounds (a call's first queued frame in round 1, its second in round 2...), each round one
     ``MaskingEngine.process`` call per frame length. A call that sent nothing is not in the
     batch.
+
+    ``on_wake``, if set, is called as work appears, so an I/O adapter can time its flushes:
+    with False when the first call queues a frame (or has events) after a flush, with True
+    when ``batch_calls`` calls have frames queued (a full batch: flush soon).
     """
 
     def __init__(
@@ -739,12 +889,18 @@ class MediaEngine:
         *,
         capacity: int = 64,
         masker: MaskingEngine | None = None,
+        batch_calls: int = 256,
     ) -> None:
         self.masker = masker if masker is not None else MaskingEngine(mask_config, capacity)
         self.calls: dict[str, CallMedia] = {}
         self._by_stream: dict[int, CallMedia] = {}
         self._dirty: dict[int, CallMedia] = {}  # calls with frames queued
         self._ready: dict[str, CallMedia] = {}  # calls with datagrams or events waiting
+        self._ticking: dict[str, CallMedia] = {}  # calls with RFC 4733 work for the timer
+        self._next_sweep = float("-inf")  # media timeouts: checked a few times a second
+        self.sweep_interval_s = 0.25
+        self.batch_calls = batch_calls
+        self.on_wake: Callable[[bool], None] | None = None
         self.passes = 0  # process() calls
         self.batched_frames = 0  # frames through them
 
@@ -771,8 +927,11 @@ class MediaEngine:
         self.calls.pop(call.call_id, None)
         self._by_stream.pop(call.stream, None)
         self._dirty.pop(call.stream, None)
+        self._ticking.pop(call.call_id, None)
         call._pending.clear()
         call._n_pending_frames = 0
+        call.bind_senders("caller", None, None)
+        call.bind_senders("agent", None, None)
         self.masker.remove_stream(call.stream)
 
     @property
@@ -785,55 +944,130 @@ class MediaEngine:
         """Some call has datagrams or events waiting (:meth:`ready_calls`)."""
         return bool(self._ready)
 
+    @property
+    def queued_calls(self) -> int:
+        """Calls with frames waiting for the next :meth:`flush` (the next batch's size)."""
+        return len(self._dirty)
+
+    def _mark_dirty(self, call: CallMedia) -> None:
+        dirty = self._dirty
+        dirty[call.stream] = call
+        wake = self.on_wake
+        if wake is not None:
+            n = len(dirty)
+            if n == 1:
+                wake(False)
+            elif n == self.batch_calls:
+                wake(True)
+
+    def _mark_ready(self, call: CallMedia) -> None:
+        self._ready[call.call_id] = call
+        if self.on_wake is not None and len(self._ready) == 1:
+            self.on_wake(False)
+
     def tick(self, now: float) -> None:
-        for call in list(self.calls.values()):
-            call.tick(now)
+        """Timer work for every call (:meth:`CallMedia.tick`): RFC 4733 slots and timeouts
+        for the calls that have an event going, media timeouts for all a few times a
+        second."""
+        ticking = self._ticking
+        if ticking:
+            for call in list(ticking.values()):
+                if not call._tick_events(now):
+                    ticking.pop(call.call_id, None)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval_s
+            for call in self.calls.values():
+                call._check_timeout(now)
 
     def flush(self) -> None:
         """Run every queued caller frame through the engine, batched; the masked frames land
-        in their calls' outboxes."""
-        calls = list(self._dirty.values())
-        self._dirty.clear()
+        in their calls' outboxes (or go to their senders)."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        calls = list(dirty.values())
+        dirty.clear()
         while calls:
-            groups: dict[tuple[int, Codec, Codec], list[tuple[CallMedia, _Frame]]] = {}
+            groups: dict[tuple[int, tuple[Codec, Codec]], tuple[list[CallMedia], list[_Frame]]]
+            groups = {}
             still: list[CallMedia] = []
             for call in calls:
-                frame = call._next_frame()
-                if frame is None:
+                pending = call._pending
+                item = pending.popleft() if pending else None
+                while type(item) is int:
+                    call._release(item)
+                    item = pending.popleft() if pending else None
+                if item is None:
                     continue
-                key = (frame.n, call.caller.params.codec, call.agent.params.codec)
-                groups.setdefault(key, []).append((call, frame))
-                still.append(call)
-            for key, items in groups.items():
-                self._run(key, items)
+                call._n_pending_frames -= 1
+                frame: _Frame = item  # type: ignore[assignment]
+                key = (frame[1], call._codecs)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = ([call], [frame])
+                else:
+                    group[0].append(call)
+                    group[1].append(frame)
+                if pending:
+                    still.append(call)
+            for key, (group_calls, frames) in groups.items():
+                self._run(key[0], key[1], group_calls, frames)
             calls = still
 
-    def _run(self, key: tuple[int, Codec, Codec], items: list[tuple[CallMedia, _Frame]]) -> None:
+    def _run(
+        self, n: int, codecs: tuple[Codec, Codec], calls: list[CallMedia], frames: list[_Frame]
+    ) -> None:
         """One engine pass over frames of one length, decoded and encoded in one go each."""
-        n, law_in, law_out = key
-        sids = np.fromiter((c.stream for c, _ in items), np.int64, len(items))
-        silence = b"\xff" * n if law_in == "PCMU" else b"\xd5" * n
-        codes = b"".join(silence if f.payload is None else f.payload for _, f in items)
+        law_in, law_out = codecs
+        k = len(calls)
+        silence = bytes((_SILENCE_CODE[law_in],)) * n
         try:
-            frames = _decode(law_in, codes).reshape(len(items), n)
-            out, events = self.masker.process(sids, frames)
+            sids = np.fromiter([c.stream for c in calls], np.int64, k)
+            codes = b"".join([silence if f[0] is None else f[0] for f in frames])
+            pcm = _decode(law_in, codes).reshape(k, n)
+            out, events = self.masker.process(sids, pcm)
             encoded = _encode(law_out, out).tobytes()
         except Exception:
-            for call, frame in items:
+            for call, frame in zip(calls, frames, strict=True):
                 call.counters.engine_failures += 1
                 call._engine_failed(frame)
             return
         self.passes += 1
-        self.batched_frames += len(items)
-        for i, (call, frame) in enumerate(items):
-            call._emit(frame, encoded[i * n : (i + 1) * n])
+        self.batched_frames += k
+        pack = _HDR_PACK
+        pos = 0
+        for i in range(k):
+            call = calls[i]
+            frame = frames[i]
+            dst = call.agent
+            end = pos + n
+            call.counters.frames_masked_path += 1
+            addr = dst.rtp.dest
+            if addr is None:
+                dst.counters.no_destination += 1
+            else:
+                pt = dst.audio_pt
+                packet = (
+                    pack(0x80, pt | 0x80 if frame[4] else pt, frame[2], frame[3], dst.out_ssrc)
+                    + encoded[pos:end]
+                )
+                send = dst.send_rtp
+                if send is not None:
+                    send(packet, addr)
+                else:
+                    call._outbox.append(Datagram("agent", False, addr, packet))
+                    self._mark_ready(call)
+                d = dst.counters
+                d.tx_packets += 1
+                d.tx_bytes += n + 12
+            pos = end
         if events:
-            frame_of = {c.stream: (c, f) for c, f in items}
+            by_stream = {c.stream: i for i, c in enumerate(calls)}
             for ev in events:
-                hit = frame_of.get(ev.stream)
-                if hit is not None:
-                    c, f = hit
-                    c._on_engine_event(ev, f, self.masker.position(c.stream))
+                i = by_stream.get(ev.stream, -1)
+                if i >= 0:
+                    c = calls[i]
+                    c._on_engine_event(ev, frames[i], self.masker.position(c.stream))
 
     def ready_calls(self) -> list[CallMedia]:
         """Calls with datagrams or events waiting (each once), and forget them."""
