@@ -2,11 +2,18 @@
 
 Each call gets two port pairs on the media address, one per leg (even RTP port, RTCP on the
 next one), from a configured range. Every datagram goes straight into the call's
-:class:`~sipproxy.media.CallMedia`; the first one of a loop iteration schedules a flush with
-``loop.call_soon``, so all frames that arrived in the same iteration, from every call, run
-through the masking engine in one batched pass, and what the core produced is sent. A timer
-ticks every 20 ms (masking frames for empty slots, RFC 4733 end timeouts, media timeouts)
-while any call is open; it is a timer handle, not a task.
+:class:`~sipproxy.media.CallMedia` (RTP through its fast entries ``rx_caller``/``rx_agent``),
+and what the call sends goes straight to the socket's ``sendto``: the agent-to-caller
+direction never waits for anything.
+
+Caller frames wait for the masking engine, which runs in batches (DESIGN.md "Work is batched"):
+one engine pass has a fixed cost far above the cost of one more frame in it, so a batch opens
+with the first queued frame and is flushed ``batch_window_s`` later, or at once when
+``batch_calls`` calls have frames queued. At light load (fewer than ``light_load_frames``
+frames in the last tick) each loop iteration flushes what it got instead: there is CPU to
+spare, and the latency is then the look-ahead alone. A timer ticks every 20 ms (masking
+frames for empty slots, RFC 4733 end timeouts, media timeouts, the load estimate) while any
+call is open; it is a timer handle, not a task.
 
 Works on the stdlib loop and on uvloop. On the stdlib loop the receive size is cut from
 256 KiB to ``recv_size`` (DESIGN.md performance notes: glibc's mmap per large recvfrom).
@@ -19,10 +26,9 @@ import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from .media import (
-    Address,
     CallMedia,
     LegName,
     LegParams,
@@ -50,6 +56,12 @@ class RelayConfig:
     # bytes per recvfrom on the stdlib loop (RTP packets of G.711 are 172 bytes)
     recv_size: int = 2048
     tick_s: float = 0.02
+    # caller frames wait at most this long for the rest of their engine batch
+    batch_window_s: float = 0.004
+    # ...or until this many calls have frames queued
+    batch_calls: int = 256
+    # below this many frames per tick, flush every loop iteration (no batching delay)
+    light_load_frames: int = 4
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port_min <= self.port_max <= 65535:
@@ -61,42 +73,89 @@ class RelayConfig:
             raise ValueError(f"recv_size must be within 256..65536, got {self.recv_size}")
         if not 0.001 <= self.tick_s <= 0.1:
             raise ValueError(f"tick_s must be within 0.001..0.1, got {self.tick_s}")
+        if not 0.0 <= self.batch_window_s <= 0.02:
+            raise ValueError(f"batch_window_s must be within 0..0.02, got {self.batch_window_s}")
+        if self.batch_calls < 1 or self.light_load_frames < 0:
+            raise ValueError("batch_calls must be >= 1 and light_load_frames >= 0")
 
 
-@dataclass(slots=True)
 class RelayCounters:
-    """Plain ints for the whole relay."""
+    """Plain ints for the whole relay.
 
-    datagrams_rx: int = 0
-    datagrams_tx: int = 0
-    flushes: int = 0
-    socket_errors: int = 0
-    dropped_unbound: int = 0  # output for a socket that was already closed
+    ``datagrams_tx`` is read from the calls' leg counters (their ``tx_packets`` and
+    ``rtcp_tx``, ended calls included), so the send path counts each datagram once.
+    """
+
+    __slots__ = (
+        "_relay",
+        "_tx_retired",
+        "datagrams_rx",
+        "dropped_unbound",
+        "flushes",
+        "socket_errors",
+    )
+
+    def __init__(self, relay: MediaRelay) -> None:
+        self._relay = relay
+        self._tx_retired = 0
+        self.datagrams_rx = 0
+        self.flushes = 0
+        self.socket_errors = 0
+        self.dropped_unbound = 0  # output for a socket that was already closed
+
+    @property
+    def datagrams_tx(self) -> int:
+        live = sum(_tx_of(h.media) for h in self._relay.calls.values())
+        return self._tx_retired + live - self.dropped_unbound
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayCounters(datagrams_rx={self.datagrams_rx}, datagrams_tx={self.datagrams_tx},"
+            f" flushes={self.flushes}, socket_errors={self.socket_errors},"
+            f" dropped_unbound={self.dropped_unbound})"
+        )
+
+
+def _tx_of(media: CallMedia) -> int:
+    c, a = media.caller.counters, media.agent.counters
+    return c.tx_packets + c.rtcp_tx + a.tx_packets + a.rtcp_tx
 
 
 class _Endpoint(asyncio.DatagramProtocol):
-    """One socket of one leg: hands datagrams to the relay."""
+    """One socket of one leg: hands datagrams to the call, stamped with the loop's time."""
 
-    __slots__ = ("call", "leg", "relay", "rtcp", "transport")
+    __slots__ = ("call", "counters", "leg", "relay", "rtcp", "rx", "time", "transport")
 
     def __init__(self, relay: MediaRelay, call: CallMedia, leg: LegName, rtcp: bool) -> None:
         self.relay = relay
+        self.counters = relay.counters
         self.call = call
         self.leg: LegName = leg
         self.rtcp = rtcp
         self.transport: asyncio.DatagramTransport | None = None
+        self.rx: Callable[[bytes, Any, float], None] = (
+            self._rx_rtcp if rtcp else call.rx_caller if leg == "caller" else call.rx_agent
+        )
+        self.time: Callable[[], float] = relay._time
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the stdlib's selector transport is not a DatagramTransport subclass
         self.transport = cast(asyncio.DatagramTransport, transport)
         if hasattr(transport, "max_size"):  # the stdlib selector transport
             transport.max_size = self.relay.config.recv_size
+        loop = self.relay._loop
+        if loop is not None:
+            self.time = loop.time  # a builtin on uvloop: no Python frame per datagram
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.relay._received(self, data, addr)
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.counters.datagrams_rx += 1
+        self.rx(data, addr, self.time())
+
+    def _rx_rtcp(self, data: bytes, addr: Any, now: float) -> None:
+        self.call.receive(self.leg, data, addr, now, rtcp_port=True)
 
     def error_received(self, exc: Exception) -> None:
-        self.relay.counters.socket_errors += 1  # e.g. ICMP port unreachable from a peer
+        self.counters.socket_errors += 1  # e.g. ICMP port unreachable from a peer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -133,11 +192,16 @@ class MediaRelay:
         self.engine = engine or MediaEngine()
         self.config = config or RelayConfig()
         self.on_event = on_event
-        self.counters = RelayCounters()
+        self.counters = RelayCounters(self)
         self.calls: dict[str, CallEndpoints] = {}
         self._used: set[int] = set()
         self._cursor = self.config.port_min + (self.config.port_min & 1)
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # call_soon(_flush) pending
+        self._batch_timer: asyncio.TimerHandle | None = None  # call_at(_flush) pending
+        self._light = True  # few frames per tick: flush every loop iteration
+        self._frames_at_tick = 0
+        self.engine.batch_calls = self.config.batch_calls
+        self.engine.on_wake = self._wake
         self._tick_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -165,6 +229,14 @@ class MediaRelay:
         except BaseException:
             self._release(handle)
             raise
+        for leg in ("caller", "agent"):
+            rtp = handle.transport(leg, False)
+            rtcp = handle.transport(leg, True)
+            media.bind_senders(
+                leg,
+                None if rtp is None else rtp.sendto,
+                None if rtcp is None else rtcp.sendto,
+            )
         self.calls[call_id] = handle
         if self._tick_handle is None:
             self._schedule_tick(loop.time() + self.config.tick_s)
@@ -188,10 +260,14 @@ class MediaRelay:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         await asyncio.sleep(0)  # let the transports run connection_lost
         await asyncio.sleep(0)
 
     def _release(self, handle: CallEndpoints) -> None:
+        self.counters._tx_retired += _tx_of(handle.media)
         for ep in handle.endpoints.values():
             if ep.transport is not None:
                 ep.transport.close()
@@ -251,19 +327,32 @@ class MediaRelay:
 
     # ----------------------------------------------------------------------- I/O
 
-    def _received(self, ep: _Endpoint, data: bytes, addr: Address) -> None:
+    def _time(self) -> float:
         assert self._loop is not None
-        self.counters.datagrams_rx += 1
-        ep.call.receive(ep.leg, data, (addr[0], addr[1]), self._loop.time(), rtcp_port=ep.rtcp)
-        if not self._flush_scheduled:
+        return self._loop.time()
+
+    def _wake(self, full: bool) -> None:
+        """The engine has work: a batch opened (``full`` False) or filled up (True)."""
+        loop = self._loop
+        if loop is None or self._flush_scheduled:
+            return
+        if full or self._light or self.config.batch_window_s == 0.0:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            loop.call_soon(self._flush)
+        elif self._batch_timer is None:
+            self._batch_timer = loop.call_at(loop.time() + self.config.batch_window_s, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         self.counters.flushes += 1
-        self.engine.flush()
-        for media in self.engine.ready_calls():
+        engine = self.engine
+        engine.flush()
+        if not engine._ready:
+            return
+        for media in engine.ready_calls():
             handle = self.calls.get(media.call_id)
             datagrams = media.datagrams_to_send()
             events = media.events()
@@ -274,7 +363,8 @@ class MediaRelay:
                         self.counters.dropped_unbound += 1
                         continue
                     transport.sendto(d.data, d.address)
-                    self.counters.datagrams_tx += 1
+            elif datagrams:
+                self.counters.dropped_unbound += len(datagrams)
             if self.on_event is not None:
                 for ev in events:
                     self.on_event(ev)
@@ -286,9 +376,10 @@ class MediaRelay:
     def _tick(self, when: float) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        self.engine.tick(now)
-        if self.engine.pending or self.engine.ready:
-            self._flush()
+        frames = self.engine.batched_frames
+        self._light = frames - self._frames_at_tick < self.config.light_load_frames
+        self._frames_at_tick = frames
+        self.engine.tick(now)  # queues fill frames and events: the engine wakes us
         nxt = when + self.config.tick_s
         if nxt < now:  # the loop stalled: do not fire a burst of ticks to catch up
             nxt = now + self.config.tick_s
