@@ -3,8 +3,14 @@
 The relay runs in a child process (uvloop unless --loop asyncio), every call masked on the
 caller->agent side. This process plays both phones of every call (uvloop when installed),
 sends one packet per direction per call every 20 ms, and prints packets/s, loss, the added
-latency (p50/p99, send to receive, caller->agent matched by RTP timestamp) and the relay's
-CPU time per relayed packet.
+latency (p50/p99, send to receive, matched by RTP timestamp, on a sample of calls) and the
+relay's CPU time per relayed packet.
+
+With two or more cores the relay is pinned to core 0 and this load generator to core 1
+(``--no-pin`` to leave both to the scheduler), so neither steals the other's CPU. The
+generator sends with the sockets' own ``sendto`` from prebuilt packets (two struct writes
+per packet) and counts what it receives, timing only the sampled calls, so one Python
+process keeps up with 1,000 calls.
 
     python benchmarks/relay_load.py --calls 200 --seconds 10
 """
@@ -13,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing as mp
 import os
 import resource
 import socket
+import struct
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -39,7 +47,62 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 # --------------------------------------------------------------------------- relay side
 
 
-def relay_main(conn: Connection, kind: str, addrs: list[tuple[Any, Any]], port_min: int) -> None:
+class _Bare(asyncio.DatagramProtocol):
+    """The reference: a bare uvloop relay, datagram in, same bytes out to the other phone."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+        self.peer: Any = None  # (the other socket's sendto, the other phone's address)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.counts[0] += 1
+        sendto, dest = self.peer
+        sendto(data, dest)
+
+
+def bare_main(
+    conn: Connection, kind: str, addrs: list[tuple[Any, Any]], port_min: int, cpu: int | None
+) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        counts = [0]
+        ports = []
+        for caller, agent in addrs:
+            ends = []
+            for _ in range(2):
+                t, p = await loop.create_datagram_endpoint(
+                    lambda: _Bare(counts), local_addr=(HOST, 0)
+                )
+                ends.append((t, p))
+            (tc, pc), (ta, pa) = ends
+            pc.peer = (ta.sendto, tuple(agent))
+            pa.peer = (tc.sendto, tuple(caller))
+            ports.append((tc.get_extra_info("sockname")[1], ta.get_extra_info("sockname")[1]))
+        conn.send(ports)
+        await loop.run_in_executor(None, conn.recv)  # "start"
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        rx0 = counts[0]
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        rx = counts[0] - rx0
+        conn.send({"cpu_s": cpu_s, "rx": rx, "tx": rx, "flushes": 0, "frames_per_pass": 0.0})
+
+    loop = _new_loop(kind)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def relay_main(
+    conn: Connection, kind: str, addrs: list[tuple[Any, Any]], port_min: int, cpu: int | None
+) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     from sipproxy.media import LegParams
     from sipproxy.relay import MediaRelay, RelayConfig
 
@@ -85,9 +148,10 @@ def relay_main(conn: Connection, kind: str, addrs: list[tuple[Any, Any]], port_m
 
 
 class Phone(asyncio.DatagramProtocol):
-    def __init__(self, sent: dict[int, float], recv: list[tuple[int, float]]) -> None:
-        self.sent = sent  # ts offset -> send time (of what this phone sends)
-        self.recv = recv  # (ts offset, arrival) of what this phone receives
+    def __init__(self, timed: bool) -> None:
+        self.timed = timed  # record (ts offset, arrival) of what arrives, for latency
+        self.recv: list[tuple[int, float]] = []
+        self.count = 0
         self.first_ts: int | None = None
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -95,28 +159,35 @@ class Phone(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        ts = int.from_bytes(data[4:8], "big")
-        if self.first_ts is None:
-            self.first_ts = ts
-        self.recv.append(((ts - self.first_ts) % 2**32, time.perf_counter()))
+        self.count += 1
+        if self.timed:
+            ts = int.from_bytes(data[4:8], "big")
+            if self.first_ts is None:
+                self.first_ts = ts
+            self.recv.append(((ts - self.first_ts) % 2**32, time.perf_counter()))
 
 
-async def load(calls: int, seconds: float, kind_relay: str, port_min: int) -> dict[str, Any]:
+async def load(
+    calls: int,
+    seconds: float,
+    kind_relay: str,
+    port_min: int,
+    pin: bool,
+    sample: int,
+    bare: bool = False,
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     phones: list[tuple[Phone, Phone]] = []
-    stats: list[tuple[dict[int, float], list[tuple[int, float]]]] = []
-    for _ in range(calls):
+    for i in range(calls):
         pair = []
+        timed = i % sample == 0
         for _side in range(2):
-            sent: dict[int, float] = {}
-            recv: list[tuple[int, float]] = []
             _, p = await loop.create_datagram_endpoint(
-                lambda s=sent, r=recv: Phone(s, r), local_addr=(HOST, 0)
+                functools.partial(Phone, timed), local_addr=(HOST, 0)
             )
             sock = p.transport.get_extra_info("socket")  # type: ignore[union-attr]
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             pair.append(p)
-            stats.append((sent, recv))
         phones.append((pair[0], pair[1]))
     addrs = [
         (c.transport.get_extra_info("sockname")[:2], a.transport.get_extra_info("sockname")[:2])  # type: ignore[union-attr]
@@ -124,53 +195,75 @@ async def load(calls: int, seconds: float, kind_relay: str, port_min: int) -> di
     ]
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=relay_main, args=(child, kind_relay, addrs, port_min))
+    relay_cpu = 0 if pin else None
+    target = bare_main if bare else relay_main
+    proc = ctx.Process(target=target, args=(child, kind_relay, addrs, port_min, relay_cpu))
     proc.start()
     ports = await loop.run_in_executor(None, parent.recv)
-    parent.send("start")
+    # prebuilt packets and raw non-blocking sendto: per packet, only seq and ts are written
     payload = bytes(np.full(FRAME, 0xFF, np.uint8))  # µ-law silence
+    ssrc = 0x10000
+    senders: list[tuple[Any, bytearray, tuple[str, int], bool]] = []
+    for i, ((caller, agent), (cport, aport)) in enumerate(zip(phones, ports, strict=True)):
+        for side, (phone, port) in enumerate(((caller, cport), (agent, aport))):
+            buf = bytearray(
+                b"\x80\x00\x00\x00" + bytes(4) + (ssrc + 2 * i + side).to_bytes(4, "big")
+            )
+            buf += payload
+            sock = phone.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            raw.setblocking(False)
+            senders.append((raw.sendto, buf, (HOST, port), i % sample == 0))
+    pack_into = struct.Struct("!HI").pack_into
+    parent.send("start")
     n_ticks = int(seconds / 0.02)
     t0 = loop.time() + 0.05
-    ssrc = 0x10000
+    sent_at: dict[int, list[float]] = {}  # ts -> send times of the sampled phones, in order
+    not_sent = 0
     for k in range(n_ticks):
         await asyncio.sleep(max(t0 + k * 0.02 - loop.time(), 0))
-        now = time.perf_counter()
         ts = k * FRAME
-        hdr_tail = ts.to_bytes(4, "big")
-        for i, ((caller, agent), (cport, aport)) in enumerate(zip(phones, ports, strict=True)):
-            seq = (k & 0xFFFF).to_bytes(2, "big")
-            pkt_c = b"\x80\x00" + seq + hdr_tail + (ssrc + 2 * i).to_bytes(4, "big") + payload
-            pkt_a = b"\x80\x00" + seq + hdr_tail + (ssrc + 2 * i + 1).to_bytes(4, "big") + payload
-            caller.transport.sendto(pkt_c, (HOST, cport))  # type: ignore[union-attr]
-            agent.transport.sendto(pkt_a, (HOST, aport))  # type: ignore[union-attr]
-            stats[2 * i][0][ts] = now
-            stats[2 * i + 1][0][ts] = now
+        seq = k & 0xFFFF
+        times: list[float] = []
+        for sendto, buf, dest, timed in senders:
+            pack_into(buf, 2, seq, ts)
+            if timed:
+                times.append(time.perf_counter())
+            try:
+                sendto(buf, dest)
+            except BlockingIOError:
+                not_sent += 1
+        sent_at[ts] = times
     await asyncio.sleep(0.3)
     parent.send("stop")
     relay_stats = await loop.run_in_executor(None, parent.recv)
     proc.join(10)
+    for sendto, *_ in senders:
+        sendto.__self__.close()
     for c, a in phones:
         c.transport.close()  # type: ignore[union-attr]
         a.transport.close()  # type: ignore[union-attr]
-    # latency: what phone j received was sent by the other phone of its call
+    # latency: what a sampled phone received was sent by the other phone of its call; the
+    # sampled phones are senders 2j (caller) and 2j+1 (agent) of sampled call j, in order
     lat = []
     received = 0
-    for i in range(calls):
-        for me, other in ((2 * i, 2 * i + 1), (2 * i + 1, 2 * i)):
-            sent_by_other = stats[other][0]
-            recv = stats[me][1]
-            received += len(recv)
-            for ts, at in recv:
-                if ts in sent_by_other:
-                    lat.append(at - sent_by_other[ts])
-    sent_total = 2 * calls * n_ticks
+    sampled = [i for i in range(calls) if i % sample == 0]
+    for j, i in enumerate(sampled):
+        caller, agent = phones[i]
+        for me, other_idx in ((caller, 2 * j + 1), (agent, 2 * j)):
+            for ts, at in me.recv:
+                if ts in sent_at:
+                    lat.append(at - sent_at[ts][other_idx])
+    for c, a in phones:
+        received += c.count + a.count
+    sent_total = 2 * calls * n_ticks - not_sent
     arr = np.array(lat) * 1e6 if lat else np.zeros(1)
     return {
         "calls": calls,
         "seconds": seconds,
         "sent": sent_total,
         "received": received,
-        "loss": 1.0 - received / sent_total,
+        "loss": 1.0 - received / max(sent_total, 1),
         "pps": sent_total / seconds,
         "p50_us": float(np.percentile(arr, 50)),
         "p99_us": float(np.percentile(arr, 99)),
@@ -184,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     ap.add_argument("--port-min", type=int, default=20000)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin relay/generator to cores")
+    ap.add_argument("--sample", type=int, default=10, help="time one call in this many")
+    ap.add_argument(
+        "--bare", action="store_true", help="the reference: a bare relay, no media code at all"
+    )
     args = ap.parse_args(argv)
+    pin = not args.no_pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+    if pin:
+        os.sched_setaffinity(0, {1})  # the generator; the relay goes to core 0
     # one loop, one core: BLAS worker threads only spin (they doubled the CPU figure here)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -199,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.calls:
         load_loop = _new_loop("uvloop" if args.loop == "uvloop" else "asyncio")
         try:
-            r = load_loop.run_until_complete(load(n, args.seconds, args.loop, args.port_min))
+            r = load_loop.run_until_complete(
+                load(n, args.seconds, args.loop, args.port_min, pin, max(args.sample, 1), args.bare)
+            )
         finally:
             load_loop.close()
         per_pkt = r["cpu_s"] / max(r["rx"], 1) * 1e6
