@@ -43,7 +43,7 @@ from sipproxy.metrics import (
     gauge,
 )
 from sipproxy.relay import MediaRelay, RelayConfig
-from sipproxy.server import CallEvents, RelayMedia, SipServer
+from sipproxy.server import CallEvents, RelayMedia, SipServer, bind_error
 
 log = structlog.get_logger("sipproxy.app")
 
@@ -155,7 +155,11 @@ class Proxy:
         listen = self.config.metrics.listen
         if listen is not None:
             self.metrics = MetricsServer(self.registry, listen.host, listen.port)
-            await self.metrics.start()
+            try:
+                await self.metrics.start()
+            except OSError as exc:
+                await self.sip.close()
+                raise bind_error("metrics", listen.host, listen.port, exc) from exc
         pbx = self.config.upstream.pbx
         log.info("proxy ready", sip_port=self.sip.udp_port, pbx_host=pbx.host, pbx_port=pbx.port)
 
@@ -254,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run(config))
     except OSError as exc:  # e.g. the SIP port is taken
-        print(f"dtmfmask-proxy: cannot start: {exc}", file=sys.stderr)
+        print(f"dtmfmask-proxy: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -141,6 +142,15 @@ def _raw_response(data: bytes, status: int, description: str) -> bytes | None:
     )
 
 
+def bind_error(what: str, host: str, port: int, exc: OSError) -> OSError:
+    """An OSError that says which listener could not bind, and why, in one line."""
+    errno = exc.errno
+    if errno is None and isinstance(exc.__cause__, OSError):
+        errno = exc.__cause__.errno
+    reason = os.strerror(errno).lower() if errno else str(exc)
+    return OSError(errno, f"{what} {host}:{port}: {reason}")
+
+
 def _leg_params(leg: LegMedia) -> LegParams | None:
     if leg.codec not in ("PCMU", "PCMA"):
         return None
@@ -223,13 +233,20 @@ class SipServer:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.udp_port)
-        )
+        try:
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.host, self.udp_port)
+            )
+        except OSError as exc:
+            raise bind_error("SIP UDP", self.host, self.udp_port, exc) from exc
         self._udp = proto
         self.udp_port = transport.get_extra_info("sockname")[1]
         if self.tcp_port is not None:
-            self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.tcp_port)
+            try:
+                self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.tcp_port)
+            except OSError as exc:
+                transport.close()
+                raise bind_error("SIP TCP", self.host, self.tcp_port, exc) from exc
             self.tcp_port = self._tcp.sockets[0].getsockname()[1]
         log.info("sip listening", host=self.host, udp_port=self.udp_port, tcp_port=self.tcp_port)
 
