@@ -424,7 +424,9 @@ class SipServer:
             self.events.publish(event)
         elif isinstance(event, MediaTimeout):
             call = next((c for c in self.b2bua.calls if c.id == event.call_id), None)
-            if call is not None:
+            # a call still ringing (a PBX queue) without early media is not dead: the timeout
+            # is for answered calls
+            if call is not None and call.state == "up":
                 log.info("no media: hanging up", call=call.id, idle_s=round(event.idle_s, 1))
                 self._dispatch(self.b2bua.hangup(call, self.now(), "media timeout"))
 

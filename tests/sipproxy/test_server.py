@@ -215,3 +215,19 @@ def test_many_calls_leave_no_tasks_sockets_or_state_behind() -> None:
         assert open_fds() <= fds_before
 
     asyncio.run(scenario())
+
+
+def test_a_ringing_call_without_early_media_is_not_timed_out() -> None:
+    async def scenario() -> None:
+        async with running(timeout_s=1) as (proxy, pbx):
+            pbx.answer = False  # 180 only: a queue that rings for longer than timeout_s
+            caller = await UdpPeer.open()
+            inv = invite(udp_addr(proxy), via=caller.via)
+            caller.send(inv, udp_addr(proxy))
+            await caller.expect(180, call_id=inv.call_id)
+            got = await caller.quiet(1.6)
+            assert [m for m in got if isinstance(m, SipResponse) and m.status >= 200] == []
+            assert [c.state for c in proxy.b2bua.calls] == ["early"]
+            caller.close()
+
+    asyncio.run(scenario())
