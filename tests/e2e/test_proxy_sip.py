@@ -177,3 +177,55 @@ def test_metrics_count_the_calls_and_digits_of_a_real_call(
     assert after["dtmfmask_digits_masked_total"] == 2  # totals survive the call's end
     assert after["dtmfmask_rtp_packets_received_total"] > 50
     assert after["dtmfmask_sip_parse_errors_total"] == 0
+
+
+def test_hold_and_resume_by_baresip_reinvite_through_the_proxy(
+    baresip_exe: str, tmp_path: Path
+) -> None:
+    """The caller holds (re-INVITE, a=sendonly) and resumes: each offer reaches the agent
+    anchored on the proxy, the answer comes back, the media follows, and a key pressed after
+    the resume is still detected (and kept from the agent)."""
+
+    def directions(proxy: Proxy) -> tuple[str, str]:
+        (call,) = proxy.b2bua.calls
+        assert call.a_sdp is not None and call.b_sdp is not None
+        return (
+            call.a_sdp.media_direction(call.a_sdp.media[0]),
+            call.b_sdp.media_direction(call.b_sdp.media[0]),
+        )
+
+    async def scenario() -> tuple[list[str], str]:
+        agent = BaresipUA("agent", workdir=tmp_path / "agent", auto_answer=True)
+        await agent.start()
+        proxy = Proxy(parse_config(METRICS_YAML % (agent.sip_port, _free_tcp_port())))
+        await proxy.start()
+        try:
+            async with BaresipUA("caller", workdir=tmp_path / "caller", source=speech(2.0),
+                                 outbound=f"127.0.0.1:{proxy.sip.udp_port}") as caller:  # fmt: skip
+                await caller.dial(agent.uri())
+                await caller.wait_for("CALL_ESTABLISHED", 10)
+                await agent.wait_for("CALL_ESTABLISHED", 10)
+                (call,) = proxy.b2bua.calls
+                digits = proxy.events.subscribe(call.id)
+                await caller.command("hold")
+                await asyncio.sleep(0.5)
+                assert directions(proxy) == ("sendonly", "recvonly")
+                await caller.command("resume")
+                await asyncio.sleep(0.5)
+                assert directions(proxy) == ("sendrecv", "sendrecv")
+                assert proxy.b2bua.counters.glare == 0
+                await caller.send_dtmf("7")
+                await asyncio.sleep(0.8)
+                await caller.hangup()
+                await agent.wait_for("CALL_CLOSED", 10)
+            got = []
+            while not digits.empty():
+                got.append(digits.get_nowait().digit)
+            assert proxy.b2bua.calls == [] and proxy.relay.calls == {}
+        finally:
+            await proxy.stop(grace_s=0)
+            await agent.stop()
+        return got, agent.dtmf_received()
+
+    got, agent_heard = asyncio.run(scenario())
+    assert got == ["7"] and agent_heard == ""
