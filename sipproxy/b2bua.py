@@ -668,7 +668,9 @@ class B2BUA:
 
     def _on_cancel(self, key: TransactionKey, now: float) -> list[Event]:
         call = next((c for c in self.calls if c.a_key == key), None)
-        if call is None or call.state not in ("trying", "early"):
+        if call is None:
+            return self._cancel_forwarded(key, now)
+        if call.state not in ("trying", "early"):
             return []
         call.cancelled = True
         out = self._final_to_caller(call, 487, now)
@@ -676,6 +678,17 @@ class B2BUA:
             out += self.layer.cancel(call.b_key, now)
         log.info("call cancelled by the caller", call=call.id)
         return out
+
+    def _cancel_forwarded(self, key: TransactionKey, now: float) -> list[Event]:
+        """A CANCEL for a re-INVITE we forwarded: 487 to its sender, CANCEL to the other
+        side (sent once that side has answered provisionally, §9.1)."""
+        for call in self.calls:
+            for ckey, (_, server_key, request) in call.forwarded.items():
+                if server_key == key and request.method == "INVITE":
+                    log.info("re-INVITE cancelled", call=call.id)
+                    out = self._respond(key, request, 487, now)
+                    return out + self.layer.cancel(ckey, now)
+        return []
 
     def _final_to_caller(self, call: Call, status: int, now: float) -> list[Event]:
         txn = self.layer.get(call.a_key)

@@ -627,3 +627,23 @@ def test_options_in_dialog_is_answered_here() -> None:
     out = receive(c.b2b, c.media, c.from_caller("OPTIONS"), CALLER, 3.0)
     (resp,) = responses(out, CALLER)
     assert resp.status == 200 and resp.headers.get("Allow") and only(out, PBX) == []
+
+
+def test_cancel_of_a_forwarded_reinvite_gets_487_and_reaches_the_other_side() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    reinv = c.from_caller("INVITE", HOLD)
+    out = receive(b2b, media, reinv, CALLER, 1.0)
+    (fwd,) = requests(out, PBX)
+    receive(b2b, media, build_response(fwd, 100), PBX, 1.05)
+    cancel = c.from_caller("CANCEL")
+    cancel.headers.set("Via", reinv.headers.get("Via") or "")
+    cancel.headers.set("CSeq", f"{reinv.cseq.number} CANCEL")
+    out = receive(b2b, media, cancel, CALLER, 1.1)
+    assert sorted((r.status, r.cseq.method) for r in responses(out, CALLER)) == [
+        (200, "CANCEL"), (487, "INVITE"),
+    ]  # fmt: skip
+    assert [(m.method, m.cseq.number) for m in requests(out, PBX)] == [("CANCEL", fwd.cseq.number)]
+    out = receive(b2b, media, build_response(fwd, 487), PBX, 1.2)
+    assert [m.method for m in requests(out, PBX)] == ["ACK"] and only(out, CALLER) == []
+    assert len(b2b.calls) == 1  # the call goes on
