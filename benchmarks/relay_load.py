@@ -103,12 +103,12 @@ def relay_main(
 ) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    from sipproxy.media import LegParams
+    from sipproxy.media import LegName, LegParams
     from sipproxy.relay import MediaRelay, RelayConfig
 
     async def main() -> None:
         relay = MediaRelay(
-            config=RelayConfig(HOST, port_min, min(port_min + 4 * len(addrs) + 100, 65535))
+            config=RelayConfig(HOST, port_min, min(port_min + 8 * len(addrs) + 1000, 65535))
         )
         ports = []
         for i, (caller, agent) in enumerate(addrs):
@@ -125,6 +125,7 @@ def relay_main(
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         eng = relay.engine
+        legs: tuple[LegName, ...] = ("caller", "agent")
         conn.send(
             {
                 "cpu_s": cpu,
@@ -133,6 +134,10 @@ def relay_main(
                 "flushes": relay.counters.flushes,
                 "frames_per_pass": eng.batched_frames / max(eng.passes, 1),
                 "fail_closed": sum(c.counters.fail_closed_frames for c in eng.calls.values()),
+                "drops": {
+                    k: sum(getattr(c.leg(g).counters, k) for c in eng.calls.values() for g in legs)
+                    for k in ("flood", "late", "hijack", "no_destination", "unknown_pt")
+                },
             }
         )
         await relay.close()
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{n:>6} {args.loop:>8} {r['pps']:>8.0f} {100 * r['loss']:>7.2f} {r['p50_us']:>8.0f}"
             f" {r['p99_us']:>8.0f} {per_pkt:>10.1f} {100 * r['cpu_s'] / args.seconds:>11.1f}"
-            f" {r['frames_per_pass']:>11.1f}"
+            f" {r['frames_per_pass']:>11.1f}" + (f"  drops={r['drops']}" if r.get("drops") else "")
         )
         sys.stdout.flush()
     return 0
