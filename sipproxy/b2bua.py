@@ -706,6 +706,9 @@ class B2BUA:
         if is_invite_2xx:
             # a retransmitted 2xx (our ACK was lost), or a late one for an ended call
             if call is not None and key in call.acks:
+                dialog = call.b_dialog if key == call.b_key else None
+                if dialog is not None and response.to.tag not in (None, dialog.remote_tag):
+                    return self._refuse_fork(call, response, now)
                 return [call.acks[key]]
             if call is None and key in self._orphans:
                 return self._ack_orphan(key, response)
@@ -819,6 +822,21 @@ class B2BUA:
         assert call.b_key is not None
         call.acks[call.b_key] = ack
         return [ack]
+
+    def _refuse_fork(self, call: Call, response: SipResponse, now: float) -> list[Event]:
+        """A 2xx from a second fork of our INVITE (another To tag): the call already has
+        its PBX dialog, so this one is ACKed and ended at once (§13.2.2.4)."""
+        assert call.b_invite is not None
+        try:
+            fork = Dialog.uac(call.b_invite, response)
+        except DialogError:
+            return []
+        log.info("second 2xx fork hung up", call=call.id)
+        out: list[Event] = [SendMessage(fork.build_ack(via=self.config.via), self.config.pbx)]
+        _, sent = self.layer.send_request(
+            fork.build_request("BYE", via=self.config.via), self.config.pbx, now
+        )
+        return out + sent
 
     def _ack_orphan(self, key: TransactionKey, response: SipResponse) -> list[Event]:
         """A 2xx for a client INVITE of a call that has ended: ACK it (§13.2.2.4; it would

@@ -647,3 +647,32 @@ def test_cancel_of_a_forwarded_reinvite_gets_487_and_reaches_the_other_side() ->
     out = receive(b2b, media, build_response(fwd, 487), PBX, 1.2)
     assert [m.method for m in requests(out, PBX)] == ["ACK"] and only(out, CALLER) == []
     assert len(b2b.calls) == 1  # the call goes on
+
+
+def test_our_2xx_is_resent_until_the_caller_acks_and_a_resent_invite_gets_it_again() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    sent: list[SipResponse] = []
+    now = 0.2
+    while (due := b2b.deadline()) is not None and due < 2.0:
+        now = due
+        sent += responses(b2b.timer(now), CALLER)
+    assert [r.status for r in sent] == [200, 200]  # T1, 2*T1 after the 200 at 0.2 s
+    out = receive(b2b, media, invite(), CALLER, now)  # the caller resends its INVITE
+    assert [r.status for r in responses(out, CALLER)] == [200] and only(out, PBX) == []
+    ack = c.from_caller("ACK")
+    ack.headers.set("CSeq", "1 ACK")
+    assert receive(b2b, media, ack, CALLER, now) == []
+    later = [m for t in (3.0, 5.0, 9.0) for m in responses(b2b.timer(t), CALLER)]
+    assert later == [] and len(b2b.calls) == 1
+
+
+def test_a_second_fork_answering_is_acked_and_hung_up() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    fork = ok_for(c.pbx_inv, ANSWER, tag="fork2")
+    out = receive(b2b, media, fork, PBX, 0.3)
+    sent = requests(out, PBX)
+    assert [(m.method, m.to.tag) for m in sent] == [("ACK", "fork2"), ("BYE", "fork2")]
+    assert only(out, CALLER) == [] and len(b2b.calls) == 1
+    assert b2b.calls[0].b_dialog is not None and b2b.calls[0].b_dialog.remote_tag == "tb"
