@@ -919,9 +919,22 @@ class B2BUA:
         return []
 
     def _on_timeout(self, key: TransactionKey, timer: str, now: float) -> list[Event]:
-        call = next((c for c in self.calls if key in (c.a_key, c.b_key)), None)
+        call = next(
+            (c for c in self.calls if key in (c.a_key, c.b_key) or key in c.forwarded), None
+        )
         if call is None:
             return []
+        forwarded = call.forwarded.pop(key, None)
+        if forwarded is not None:  # the other side never answered what we forwarded
+            call.offers.pop(key, None)
+            side, server_key, request = forwarded
+            log.info("forwarded request timed out", call=call.id, method=request.method)
+            txn = self.layer.get(server_key)
+            if txn is None or getattr(txn, "has_final", True):
+                return []
+            dialog = call.a_dialog if side == "caller" else call.b_dialog
+            to_tag = dialog.local_tag if dialog is not None else None
+            return self._respond(server_key, request, 408, now, to_tag=to_tag)
         if key == call.b_key and call.state in ("trying", "early"):
             log.info("the PBX did not answer", call=call.id, timer=timer)
             out = self._final_to_caller(call, 408, now)

@@ -676,3 +676,20 @@ def test_a_second_fork_answering_is_acked_and_hung_up() -> None:
     assert [(m.method, m.to.tag) for m in sent] == [("ACK", "fork2"), ("BYE", "fork2")]
     assert only(out, CALLER) == [] and len(b2b.calls) == 1
     assert b2b.calls[0].b_dialog is not None and b2b.calls[0].b_dialog.remote_tag == "tb"
+
+
+def test_a_reinvite_the_other_side_never_answers_gets_408_and_does_not_block_later_ones() -> None:
+    c = up()
+    b2b, media = c.b2b, c.media
+    ack = c.from_caller("ACK")
+    ack.headers.set("CSeq", "1 ACK")
+    receive(b2b, media, ack, CALLER, 0.5)
+    reinv = c.from_caller("INVITE", HOLD)
+    receive(b2b, media, reinv, CALLER, 1.0)
+    out: list[SendMessage] = []
+    while (due := b2b.deadline()) is not None and due < 40.0:
+        out += b2b.timer(due)
+    finals = [r for r in responses(out, CALLER) if r.cseq.method == "INVITE" and r.status >= 200]
+    assert {r.status for r in finals if r.cseq.number == reinv.cseq.number} == {408}
+    out = receive(b2b, media, c.from_caller("INVITE", RESUME), CALLER, 41.0)
+    assert [m.method for m in requests(out, PBX)] == ["INVITE"]  # no 491 for ever after
