@@ -48,7 +48,7 @@ import yaml
 
 from control_api.events import FieldName
 from control_api.yamlnodes import NodeReader, decode_text
-from sipproxy.config import MAX_FILE_SIZE, ConfigError, ConfigProblem
+from sipproxy.yamlreader import read_file
 
 __all__ = [
     "DEFAULT_FIELDS",
@@ -208,15 +208,7 @@ def load_payments(
     ``env`` (default ``os.environ``) supplies ``env:`` tokens. Raises ``ConfigError``."""
     if path is None:
         return default_payments()
-    name = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem(name, None, None, None, f"cannot read: {exc.strerror}")]
-        ) from None
-    return parse_payments(data, filename=name, env=env)
+    return parse_payments(read_file(path), filename=str(path), env=env)
 
 
 def parse_payments(

@@ -1,17 +1,18 @@
-"""Reading one section of ``profiles.yaml`` from YAML nodes, with file:line:column problems.
+"""Reading the ``payments:`` section of ``profiles.yaml`` from YAML nodes, with
+file:line:column problems.
 
-The same approach as :mod:`sipproxy.config` (whose reader is private): the text is composed to
-a node graph (libyaml's C parser where available) and never constructed wholesale, so an alias
-bomb costs nothing; the whole file must use plain YAML tags only and have no duplicate keys;
-every problem is recorded (not raised) with the node's position and the dotted key, and all of
-them are raised at the end in one :class:`sipproxy.config.ConfigError`, the error type the
-proxy's own section uses, so a start-up or reload reports both sections alike::
+It stands on :mod:`sipproxy.yamlreader`, as the proxy's own section does: the text is
+composed to a node graph and never constructed wholesale (an alias bomb costs nothing), the
+whole file must use plain YAML tags only and have no duplicate keys, and every problem is
+recorded with the node's position and dotted key and raised at the end in one
+:class:`sipproxy.yamlreader.ConfigError`, so a start-up or reload reports both sections
+alike::
 
     profiles.yaml:93:7: payments.profiles.card.currency: must be an ISO 4217 code ..., got 'gbp'
 
-:class:`NodeReader` is the toolkit: :meth:`~NodeReader.section` finds a top-level section,
-:meth:`~NodeReader.mapping` checks keys, and each typed getter returns ``None`` after recording
-a problem, so the caller carries on and reports everything at once.
+:class:`NodeReader` adds what this section needs: :meth:`~NodeReader.section` finds a
+top-level section, :meth:`~NodeReader.mapping` checks keys, and each typed getter returns
+``None`` after recording a problem, so the caller carries on and reports everything at once.
 """
 
 from __future__ import annotations
@@ -19,136 +20,26 @@ from __future__ import annotations
 import difflib
 import math
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
-from sipproxy.config import MAX_FILE_SIZE, ConfigError, ConfigProblem
+from sipproxy.yamlreader import MERGE, Y, YamlReader, decode_text, kind, show
 
 __all__ = ["NodeReader", "decode_text"]
 
-_Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader]
-try:
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
-
-Y: Final = "tag:yaml.org,2002:"
-_SAFE_TAGS: Final = frozenset(
-    Y + t
-    for t in (
-        "str",
-        "int",
-        "float",
-        "bool",
-        "null",
-        "map",
-        "seq",
-        "timestamp",
-        "binary",
-        "set",
-        "omap",
-        "pairs",
-        "merge",
-        "value",
-    )
-)
-_MERGE: Final = Y + "merge"
-_KIND: Final = {
-    Y + "map": "a mapping",
-    Y + "seq": "a list",
-    Y + "null": "null",
-    Y + "bool": "a boolean",
-    Y + "int": "an integer",
-    Y + "float": "a number",
-    Y + "str": "a string",
-}
 _S = TypeVar("_S", bound=str)
 
 
-def kind(node: yaml.Node) -> str:
-    """What a node is, in words (``a mapping``, ``a string``...)."""
-    return _KIND.get(node.tag, node.tag.removeprefix(Y))
-
-
-def show(value: object) -> str:
-    """A value for an error message, shortened."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def decode_text(text: str | bytes, filename: str) -> str:
-    """UTF-8 (BOM allowed) text of at most :data:`MAX_FILE_SIZE`, or :class:`ConfigError`."""
-    if len(text) > MAX_FILE_SIZE:
-        raise ConfigError(
-            [ConfigProblem(filename, None, None, None, f"larger than {MAX_FILE_SIZE} bytes")]
-        )
-    if isinstance(text, str):
-        return text
-    try:
-        return text.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = text.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (text.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(
-            [ConfigProblem(filename, line, column, None, "not UTF-8 text: is this a YAML file?")]
-        ) from None
-
-
-class NodeReader:
+class NodeReader(YamlReader):
     """Walks one composed YAML document, recording problems."""
-
-    def __init__(self, filename: str, text: str) -> None:
-        self.filename = filename
-        self.text = text
-        self.problems: list[ConfigProblem] = []
-        self._loader = _Loader(text)
-
-    def close(self) -> None:
-        self._loader.dispose()
-
-    def raise_problems(self) -> None:
-        if self.problems:
-            raise ConfigError(self.problems)
-
-    # -- problems
-
-    def problem(self, node: yaml.Node | None, key: str | None, message: str) -> None:
-        line = col = None
-        if node is not None and node.start_mark is not None:
-            line, col = node.start_mark.line + 1, node.start_mark.column + 1
-        self.problems.append(ConfigProblem(self.filename, line, col, key, message))
-
-    def _yaml_problem(self, exc: yaml.YAMLError) -> None:
-        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-            mark = exc.problem_mark
-            what = ", ".join(x for x in (exc.context, exc.problem) if x)
-            self.problems.append(
-                ConfigProblem(
-                    self.filename, mark.line + 1, mark.column + 1, None, f"YAML syntax: {what}"
-                )
-            )
-        else:
-            self.problems.append(ConfigProblem(self.filename, None, None, None, f"YAML: {exc}"))
-
-    # -- document
 
     def section(self, name: str) -> yaml.Node | None:
         """The top-level ``name:`` section's node, after the whole-file checks; ``None`` when
         the file is empty, broken (a problem is recorded) or has no such section."""
-        try:
-            root = self._loader.get_single_node()
-        except yaml.YAMLError as exc:
-            self._yaml_problem(exc)
-            return None
-        except RecursionError:
-            self.problem(None, None, "YAML nested too deeply")
-            return None
+        root = self.root()
         if root is None:
             return None
-        self._check_graph(root)
         if not isinstance(root, yaml.MappingNode):
             self.problem(root, None, f"the file must be a mapping of sections, got {kind(root)}")
             return None
@@ -156,35 +47,6 @@ class NodeReader:
             if isinstance(k, yaml.ScalarNode) and k.tag == Y + "str" and k.value == name:
                 return v  # type: ignore[no-any-return]
         return None
-
-    def _check_graph(self, root: yaml.Node) -> None:
-        """Safe tags only, no duplicate keys; iterative, each node once."""
-        seen: set[int] = set()
-        stack: list[tuple[yaml.Node, str | None]] = [(root, None)]
-        while stack:
-            node, path = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.tag not in _SAFE_TAGS:
-                self.problem(node, path, f"tag {node.tag!r} is not allowed (plain YAML only)")
-                continue
-            if isinstance(node, yaml.MappingNode):
-                keys: dict[tuple[str, str], yaml.Node] = {}
-                for k, v in node.value:
-                    sub = path
-                    if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
-                        sub = f"{path}.{k.value}" if path else str(k.value)
-                        ident = (k.tag, k.value)
-                        if ident in keys:
-                            first = keys[ident].start_mark.line + 1
-                            self.problem(k, sub, f"duplicate key (first at line {first})")
-                        else:
-                            keys[ident] = k
-                    stack.append((k, path))
-                    stack.append((v, sub))
-            elif isinstance(node, yaml.SequenceNode):
-                stack.extend((item, f"{path or ''}[{i}]") for i, item in enumerate(node.value))
 
     # -- shapes
 
@@ -206,7 +68,7 @@ class NodeReader:
         else:
             out = {}
             for k, v in node.value:
-                if k.tag == _MERGE:
+                if k.tag == MERGE:
                     self.problem(k, dotted, "merge keys (<<) are not supported; write keys out")
                     continue
                 if not (isinstance(k, yaml.ScalarNode) and k.tag == Y + "str"):

@@ -6,7 +6,7 @@ the embedded default (a loopback demo: the proxy on 127.0.0.1:5060, the PBX on
 has a default, so a file only names what it changes. Key names follow the operator's words
 and the reference for each key is the comment beside it in ``profiles.yaml``.
 
-The file also holds other top-level sections (payment profiles, a later issue): they are
+The file also holds other top-level sections (``payments:``, read by control_api): they are
 ignored here, except that the whole file must still be YAML that ``safe_load`` accepts
 (no ``!!python/...`` tags) and has no duplicate keys. Inside ``proxy`` every key is checked:
 an unknown key is an error, not a silent no-op.
@@ -33,6 +33,19 @@ from typing import Any, Final, Literal, TypeVar
 
 import yaml
 
+from sipproxy.yamlreader import (
+    MAX_FILE_SIZE,
+    MERGE,
+    ConfigError,
+    ConfigProblem,
+    Y,
+    YamlReader,
+    decode_text,
+    kind,
+    read_file,
+    show,
+)
+
 __all__ = [
     "MAX_FILE_SIZE",
     "MIN_LOOKAHEAD_MS",
@@ -55,9 +68,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-MAX_FILE_SIZE: Final = 1 << 20
-"""Larger files are refused unread (a configuration file is a few KiB)."""
 
 PORTS_PER_CALL: Final = 6
 """Media ports one call needs: caller, agent and provider legs, each an RTP port and RTCP."""
@@ -183,42 +193,7 @@ class Config:
 # ------------------------------------------------------------------------------- errors
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong: where (file, 1-based line and column), which key, what."""
-
-    file: str
-    line: int | None
-    column: int | None
-    key: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; ``problems`` lists every reason, in file order."""
-
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        self.problems: tuple[ConfigProblem, ...] = tuple(
-            sorted(problems, key=lambda p: (p.line or 0, p.column or 0))
-        )
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
 # ---------------------------------------------------------------------------- entry points
-
-
-def _file_error(
-    file: str, message: str, line: int | None = None, column: int | None = None
-) -> ConfigError:
-    return ConfigError([ConfigProblem(file, line, column, None, message)])
 
 
 def default_config() -> Config:
@@ -233,32 +208,12 @@ def load_config(path: str | Path | None = None) -> Config:
     """
     if path is None:
         return default_config()
-    name = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise _file_error(name, f"cannot read: {exc.strerror}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise _file_error(name, f"file larger than {MAX_FILE_SIZE} bytes, refused unread")
-    return parse_config(data, filename=name)
+    return parse_config(read_file(path), filename=str(path))
 
 
 def parse_config(text: str | bytes, *, filename: str = "<string>") -> Config:
     """Validate the ``proxy:`` section of YAML ``text``; errors name ``filename``."""
-    if len(text) > MAX_FILE_SIZE:
-        raise _file_error(filename, f"larger than {MAX_FILE_SIZE} bytes, refused unread")
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raw = exc.object
-            line = raw.count(b"\n", 0, exc.start) + 1
-            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-            byte = raw[exc.start]
-            raise _file_error(
-                filename, f"not UTF-8 text (byte 0x{byte:02x}): is this a YAML file?", line, column
-            ) from None
+    text = decode_text(text, filename)
     reader = _Reader(filename, text)
     cfg = reader.read()
     if reader.problems:
@@ -268,51 +223,11 @@ def parse_config(text: str | bytes, *, filename: str = "<string>") -> Config:
 
 # ---------------------------------------------------------------------------- YAML reading
 
-_Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader]
-try:
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
-
-_Y = "tag:yaml.org,2002:"
-_SAFE_TAGS: Final = frozenset(
-    _Y + t
-    for t in (
-        "str",
-        "int",
-        "float",
-        "bool",
-        "null",
-        "map",
-        "seq",
-        "timestamp",
-        "binary",
-        "set",
-        "omap",
-        "pairs",
-        "merge",
-        "value",
-    )
-)
-_MERGE: Final = _Y + "merge"
 _MISSING: Final = object()
 _BROKEN: Final = object()
-_KIND: Final = {
-    _Y + "map": "a mapping",
-    _Y + "seq": "a list",
-    _Y + "null": "null",
-    _Y + "bool": "a boolean",
-    _Y + "int": "an integer",
-    _Y + "float": "a number",
-    _Y + "str": "a string",
-}
 _HOSTNAME: Final = re.compile(
     r"(?=.{1,253}\Z)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?\Z"
 )
-
-
-def _kind(node: yaml.Node) -> str:
-    return _KIND.get(node.tag, node.tag.removeprefix(_Y))
 
 
 def _is_float(text: str) -> bool:
@@ -323,105 +238,32 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _show(value: object) -> str:
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Reader:
-    """Walks the composed node graph; records problems and falls back to defaults."""
+class _Reader(YamlReader):
+    """Walks the ``proxy:`` section; records problems and falls back to defaults."""
 
     def __init__(self, filename: str, text: str) -> None:
-        self.filename = filename
-        self.text = text
-        self.problems: list[ConfigProblem] = []
-        self._loader = _Loader(text)
+        super().__init__(filename, text)
         self._prefix = ""
-
-    # -- problems
-
-    def problem(self, node: yaml.Node | None, key: str | None, message: str) -> None:
-        line = col = None
-        if node is not None and node.start_mark is not None:
-            line, col = node.start_mark.line + 1, node.start_mark.column + 1
-        self.problems.append(ConfigProblem(self.filename, line, col, key, message))
-
-    def _yaml_problem(self, exc: yaml.YAMLError) -> None:
-        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-            mark = exc.problem_mark
-            what = ", ".join(x for x in (exc.context, exc.problem) if x)
-            self.problems.append(
-                ConfigProblem(
-                    self.filename, mark.line + 1, mark.column + 1, None, f"YAML syntax: {what}"
-                )
-            )
-        elif isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
-            at = exc.position
-            line = self.text.count("\n", 0, at) + 1
-            column = at - (self.text.rfind("\n", 0, at) + 1) + 1
-            what = f"character #x{exc.character:04x} is not allowed in YAML: is this a YAML file?"
-            self.problems.append(ConfigProblem(self.filename, line, column, None, what))
-        else:
-            self.problems.append(ConfigProblem(self.filename, None, None, None, f"YAML: {exc}"))
 
     # -- document
 
     def read(self) -> Config:
         try:
-            try:
-                root = self._loader.get_single_node()
-            except yaml.YAMLError as exc:
-                self._yaml_problem(exc)
-                return Config()
-            except RecursionError:
-                self.problem(None, None, "YAML nested too deeply")
-                return Config()
-            if root is None:  # empty file
-                return Config(source=self.filename)
-            self._check_graph(root)
+            root = self.root()
+            if root is None:  # empty file, or broken (recorded)
+                return Config(source=self.filename) if not self.problems else Config()
             if not isinstance(root, yaml.MappingNode):
                 self.problem(
                     root,
                     None,
-                    f"the file must be a mapping with a proxy: section, got {_kind(root)}",
+                    f"the file must be a mapping with a proxy: section, got {kind(root)}",
                 )
                 return Config()
             top = self._mapping(root, None, allowed=None)
             proxy = top.get("proxy")
             return self._proxy(proxy) if proxy is not None else Config(source=self.filename)
         finally:
-            self._loader.dispose()
-
-    def _check_graph(self, root: yaml.Node) -> None:
-        """Whole-file checks: safe tags only, no duplicate keys. Iterative, each node once."""
-        seen: set[int] = set()
-        stack: list[tuple[yaml.Node, str | None]] = [(root, None)]
-        while stack:
-            node, path = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.tag not in _SAFE_TAGS:
-                self.problem(node, path, f"tag {node.tag!r} is not allowed (plain YAML only)")
-                continue
-            if isinstance(node, yaml.MappingNode):
-                keys: dict[tuple[str, str], yaml.Node] = {}
-                for k, v in node.value:
-                    sub = path
-                    if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
-                        sub = f"{path}.{k.value}" if path else str(k.value)
-                        ident = (k.tag, k.value)
-                        if ident in keys:
-                            first = keys[ident].start_mark.line + 1
-                            self.problem(k, sub, f"duplicate key (first at line {first})")
-                        else:
-                            keys[ident] = k
-                    stack.append((k, path))
-                    stack.append((v, sub))
-            elif isinstance(node, yaml.SequenceNode):
-                stack.extend((item, f"{path or ''}[{i}]") for i, item in enumerate(node.value))
+            self.close()
 
     # -- generic shapes
 
@@ -430,23 +272,23 @@ class _Reader:
     ) -> dict[str, yaml.Node]:
         """A mapping's string keys to value nodes; null is an empty mapping."""
         out: dict[str, yaml.Node] = {}
-        if isinstance(node, yaml.ScalarNode) and node.tag == _Y + "null":
+        if isinstance(node, yaml.ScalarNode) and node.tag == Y + "null":
             return out
         if not isinstance(node, yaml.MappingNode):
             self.problem(
-                node, dotted, f"must be a mapping of {', '.join(allowed or ())}, got {_kind(node)}"
+                node, dotted, f"must be a mapping of {', '.join(allowed or ())}, got {kind(node)}"
             )
             return out
         for k, v in node.value:
-            if k.tag == _MERGE:
+            if k.tag == MERGE:
                 if allowed is not None:
                     self.problem(
                         k, dotted, "merge keys (<<) are not supported here; write the keys out"
                     )
                 continue
-            if not (isinstance(k, yaml.ScalarNode) and k.tag == _Y + "str"):
+            if not (isinstance(k, yaml.ScalarNode) and k.tag == Y + "str"):
                 if allowed is not None:
-                    self.problem(k, dotted, f"keys must be names, got {_kind(k)}")
+                    self.problem(k, dotted, f"keys must be names, got {kind(k)}")
                 continue
             name = k.value
             if allowed is not None and name not in allowed:
@@ -459,7 +301,7 @@ class _Reader:
                     + f"; allowed: {', '.join(allowed)}",
                 )
                 continue
-            out.setdefault(name, v)  # duplicates were reported by _check_graph
+            out.setdefault(name, v)  # duplicates were reported by check_graph
         return out
 
     def _scalar(self, node: yaml.Node, dotted: str) -> Any:
@@ -474,7 +316,7 @@ class _Reader:
             return self._loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError) as exc:
             reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
-            self.problem(node, dotted, f"cannot be read as {_kind(node)}: {reason}")
+            self.problem(node, dotted, f"cannot be read as {kind(node)}: {reason}")
             return _BROKEN
 
     def _section(
@@ -497,7 +339,7 @@ class _Reader:
         if value is _BROKEN:
             return default
         if type(value) is not int or not lo <= value <= hi:
-            got = _show(value) if value is not _MISSING else _kind(node)
+            got = show(value) if value is not _MISSING else kind(node)
             self.problem(node, self._dotted(key), f"must be {what}, got {got}")
             return default
         return value
@@ -512,7 +354,7 @@ class _Reader:
         if value is _BROKEN:
             return default
         if type(value) not in (int, float) or not math.isfinite(value) or not lo <= value <= hi:
-            got = _show(value) if value is not _MISSING else _kind(node)
+            got = show(value) if value is not _MISSING else kind(node)
             if isinstance(value, str) and _is_float(value):
                 got += " (text to YAML: write a plain number such as 1000 or 1.0e+3)"
             self.problem(node, self._dotted(key), f"must be {what}, got {got}")
@@ -531,7 +373,7 @@ class _Reader:
         for choice in choices:
             if value == choice and isinstance(value, str):
                 return choice
-        got = _show(value) if value is not _MISSING else _kind(node)
+        got = show(value) if value is not _MISSING else kind(node)
         self.problem(node, self._dotted(key), f"must be one of {', '.join(choices)}, got {got}")
         return default
 
@@ -552,7 +394,7 @@ class _Reader:
                 raise ValueError
             ip = ipaddress.ip_address(value)
         except ValueError:
-            got = _show(value) if value is not _MISSING else _kind(node)
+            got = show(value) if value is not _MISSING else kind(node)
             self.problem(node, self._dotted(key), f"must be {what}, got {got}")
             return default
         if specific and ip.is_unspecified:
@@ -568,7 +410,7 @@ class _Reader:
     ) -> HostPort | None:
         """An IP ``host:port`` to listen on (port 0: any free port), or null: off."""
         node = m.get(key)
-        if node is not None and isinstance(node, yaml.ScalarNode) and node.tag == _Y + "null":
+        if node is not None and isinstance(node, yaml.ScalarNode) and node.tag == Y + "null":
             return None
         return self._hostport(m, key, default or HostPort("127.0.0.1", 0), names=False, port_lo=0)
 
@@ -587,7 +429,7 @@ class _Reader:
         )
         hp = _parse_hostport(value, names=names, port_lo=port_lo)
         if hp is None:
-            got = _show(value) if value is not _MISSING else _kind(node)
+            got = show(value) if value is not _MISSING else kind(node)
             self.problem(node, self._dotted(key), f"must be {what}, got {got}")
             return default
         return hp
@@ -750,7 +592,7 @@ class _Reader:
                 node,
                 dotted,
                 f"must be a list of IP addresses or CIDRs "
-                f"(e.g. [192.0.2.10, 198.51.100.0/24]), got {_kind(node)}",
+                f"(e.g. [192.0.2.10, 198.51.100.0/24]), got {kind(node)}",
             )
             return default
         if not node.value:
@@ -776,7 +618,7 @@ class _Reader:
                 nets.append(ipaddress.ip_network(value, strict=True))
             except ValueError as exc:
                 ok = False
-                got = _show(value) if value is not _MISSING else _kind(item)
+                got = show(value) if value is not _MISSING else kind(item)
                 hint = ""
                 if isinstance(value, str) and "host bits set" in str(exc):
                     hint = f" (host bits set: did you mean {ipaddress.ip_network(value, False)}?)"

@@ -564,8 +564,8 @@ def test_any_bytes_under_proxy_give_config_or_config_error(data: bytes) -> None:
 def test_pure_python_loader_also_gives_clean_errors(monkeypatch, text: str) -> None:
     import yaml
 
-    import sipproxy.config
+    import sipproxy.yamlreader
 
-    monkeypatch.setattr(sipproxy.config, "_Loader", yaml.SafeLoader)
+    monkeypatch.setattr(sipproxy.yamlreader, "_Loader", yaml.SafeLoader)
     with pytest.raises(ConfigError):
         parse_config(text)
