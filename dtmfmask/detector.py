@@ -156,7 +156,6 @@ _ROT = np.exp(-1j * _W0 * BLOCK).astype(np.complex64)  # phase of f0 over one su
 _ROT2 = (_ROT * _ROT).astype(np.complex64)
 _ROT_RE = _ROT.real.astype(np.float32)[:, None, None]
 _ROT_IM = _ROT.imag.astype(np.float32)[:, None, None]
-_ROT3 = (_ROT2 * _ROT).astype(np.complex64)
 
 
 def _pair_gram_inverse(n: int) -> npt.NDArray[np.float64]:

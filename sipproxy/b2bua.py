@@ -62,10 +62,10 @@ from sipproxy.transaction import (
     RequestReceived,
     ResponseReceived,
     SendMessage,
-    StrayResponse,
     TimerConfig,
     TransactionKey,
     TransactionLayer,
+    TransactionStateError,
     TransactionTimeout,
 )
 
@@ -279,6 +279,7 @@ class B2BUA:
         self, events: Iterable[Event], now: float, source: Address | None
     ) -> list[SendMessage]:
         out: list[Event] = []
+        # stray responses and ACKs, terminated transactions: nothing to do (RFC 3261 §18.1.2)
         for ev in events:
             if isinstance(ev, SendMessage):
                 out.append(ev)
@@ -290,8 +291,6 @@ class B2BUA:
                 out += self._on_cancel(ev.key, now)
             elif isinstance(ev, AckReceived):
                 self._on_ack(ev.request)
-            elif isinstance(ev, StrayResponse):
-                out += self._on_stray_response(ev.response, now)
             elif isinstance(ev, TransactionTimeout):
                 out += self._on_timeout(ev.key, ev.timer, now)
         return self._sends(out)
@@ -862,9 +861,7 @@ class B2BUA:
         now: float,
     ) -> list[Event]:
         side, server_key, request = forwarded
-        if response.status < 200 and response.status != 100:
-            pass
-        elif response.status == 100:
+        if response.status == 100:
             return []
         out: list[Event] = []
         body = b""
@@ -911,12 +908,9 @@ class B2BUA:
             resp.headers.add("Contact", f"<{self._contact_toward(request)}>")
         try:
             out += self.layer.send_response(server_key, resp, now)
-        except Exception:  # the request's transaction is gone (timed out): nothing to answer
+        except TransactionStateError:  # its transaction is gone (timed out): nothing to answer
             log.info("response for a finished transaction dropped", call=call.id)
         return out
-
-    def _on_stray_response(self, response: SipResponse, now: float) -> list[Event]:
-        return []
 
     def _on_timeout(self, key: TransactionKey, timer: str, now: float) -> list[Event]:
         call = next(
