@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 
 import structlog
 
@@ -38,6 +38,7 @@ from sipproxy.metrics import (
     MetricFamily,
     MetricsServer,
     Registry,
+    Totals,
     as_labels,
     counter,
     gauge,
@@ -67,30 +68,23 @@ class TimedEngine(MediaEngine):
         self.dsp_seconds.observe(time.perf_counter() - start)
 
 
-@dataclass
-class _Retired:
-    """Counters of calls that have ended, so totals never go down."""
-
-    legs: dict[str, int] = field(default_factory=dict)
-    media: dict[str, int] = field(default_factory=dict)
-
-    def add(self, target: dict[str, int], stats: object) -> None:
-        for f in fields(stats):  # type: ignore[arg-type]
-            target[f.name] = target.get(f.name, 0) + getattr(stats, f.name)
-
-
 class _CountingMedia(RelayMedia):
-    def __init__(self, relay: MediaRelay, retired: _Retired) -> None:
+    """Folds a call's counters into the totals when its media is released, so the exported
+    counters never go down when calls end."""
+
+    def __init__(
+        self, relay: MediaRelay, legs: Totals[LegCounters], media: Totals[MediaCounters]
+    ) -> None:
         super().__init__(relay)
-        self.retired = retired
+        self.legs = legs
+        self.media = media
 
     def release(self, call_id: str) -> None:
         handle = self.relay.calls.get(call_id)
         if handle is not None:
-            media = handle.media
-            self.retired.add(self.retired.media, media.counters)
+            self.media.retire(handle.media.counters)
             for leg in ("caller", "agent"):
-                self.retired.add(self.retired.legs, media.leg(leg).counters)
+                self.legs.retire(handle.media.leg(leg).counters)
         super().release(call_id)
 
 
@@ -115,7 +109,8 @@ class Proxy:
                 port_max=config.media.port_max,
             ),
         )
-        self.retired = _Retired()
+        self.leg_totals = Totals(LegCounters)
+        self.media_totals = Totals(MediaCounters)
         sip = config.sip
         self.b2bua = B2BUA(
             B2BConfig(
@@ -126,7 +121,7 @@ class Proxy:
                 trunks_allow=config.trunks.allow,
                 codec_fallback=config.media.codec_fallback,
             ),
-            _CountingMedia(self.relay, self.retired),
+            _CountingMedia(self.relay, self.leg_totals, self.media_totals),
         )
         self.events = CallEvents()
         self.sip = SipServer(
@@ -174,16 +169,10 @@ class Proxy:
     def _collect(self) -> list[MetricFamily]:
         b = self.b2bua.counters
         live_calls = [h.media for h in self.relay.calls.values()]
-        legs: dict[str, int] = dict(self.retired.legs)
-        media: dict[str, int] = dict(self.retired.media)
-        for call in live_calls:
-            self.retired.add(media, call.counters)
-            for leg in ("caller", "agent"):
-                self.retired.add(legs, call.leg(leg).counters)
-        legs_default = {f.name: 0 for f in fields(LegCounters)}
-        media_default = {f.name: 0 for f in fields(MediaCounters)}
-        legs = {**legs_default, **legs}
-        media = {**media_default, **media}
+        media = self.media_totals.totals(c.counters for c in live_calls)
+        legs = self.leg_totals.totals(
+            c.leg(leg).counters for c in live_calls for leg in ("caller", "agent")
+        )
         sip = self.sip.counters
         return [
             gauge("dtmfmask_calls", "Calls in progress.", len(self.b2bua.calls)),
