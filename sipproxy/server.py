@@ -179,21 +179,10 @@ class _Udp(asyncio.DatagramProtocol):
         self.server.counters.send_errors += 1
 
 
-class _Framer(StreamFramer):
-    """The stream framer, keeping the frame it parses last: a framed but malformed request
-    is answered 400 from it (§18.3: the connection stays up)."""
-
-    last_frame: bytes = b""
-
-    def next_message(self) -> SipRequest | SipResponse | None:
-        self.last_frame = self._frames[0] if self._frames else b""
-        return super().next_message()
-
-
 @dataclass(eq=False)
 class _TcpPeer:
     writer: asyncio.StreamWriter
-    framer: _Framer
+    framer: StreamFramer
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -323,7 +312,7 @@ class SipServer:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         addr: Address = (peername[0], peername[1])
-        peer = _TcpPeer(writer, _Framer(self.max_message_size))
+        peer = _TcpPeer(writer, StreamFramer(self.max_message_size))
         self._tcp_peers[addr] = peer
         self.counters.tcp_connections += 1
         try:

@@ -1466,6 +1466,7 @@ class StreamFramer:
         self._buf = bytearray()
         self._scan_from = 0
         self._frames: list[bytes] = []
+        self.last_frame = b""  # the raw bytes of the message next_message() last returned
         self._error: SipParseError | None = None
         self._crlf_run = 0
         self._pending_total: int | None = None
@@ -1490,7 +1491,9 @@ class StreamFramer:
 
     def next_message(self) -> SipRequest | SipResponse | None:
         if self._frames:
-            return _parse(self._frames.pop(0), stream=True)
+            # kept so a framed but malformed request can still be answered 400 (§18.3)
+            self.last_frame = self._frames.pop(0)
+            return _parse(self.last_frame, stream=True)
         if self._error is not None:
             raise self._error
         return None
