@@ -44,7 +44,7 @@ class _Report:
 
 @dataclass(slots=True)
 class _Press:
-    digit: str
+    digit: str = field(repr=False)
     reports: dict[str, _Report] = field(default_factory=dict)
 
     def anchor(self) -> tuple[float, float | None, bool]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Source = Literal["inband", "rfc4733", "info"]
@@ -13,7 +13,7 @@ class DigitStarted:
     """A key press was accepted (Q.24 grade). ``start`` is the stream's sample index."""
 
     stream: int
-    digit: str
+    digit: str = field(repr=False)  # card digits never reach a log through a repr
     start: int
     source: Source = "inband"
 
@@ -23,7 +23,7 @@ class DigitEnded:
     """The key press that started at ``start`` ended at ``end`` (exclusive sample index)."""
 
     stream: int
-    digit: str
+    digit: str = field(repr=False)  # card digits never reach a log through a repr
     start: int
     end: int
     source: Source = "inband"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dtmfmask.tones import DIGITS
 
@@ -65,7 +65,7 @@ def digit_to_event(digit: str) -> int:
 class TelephoneEvent:
     """One 4-byte event report (§2.3). ``volume`` is the power level in -dBm0 (0-63)."""
 
-    event: int
+    event: int = field(repr=False)  # codes 0-15 are the keys: kept out of reprs
     end: bool = False
     volume: int = 10
     duration: int = 0
@@ -132,7 +132,7 @@ class RtpDigitStarted:
     """
 
     ssrc: int
-    digit: str
+    digit: str = field(repr=False)  # card digits never reach a log through a repr
     timestamp: int
     started_at: float
 
@@ -146,7 +146,7 @@ class RtpDigitEnded:
     """
 
     ssrc: int
-    digit: str
+    digit: str = field(repr=False)  # card digits never reach a log through a repr
     timestamp: int
     duration: int
     started_at: float

@@ -200,3 +200,28 @@ def test_state_machine_paths_agree(few: int, monkeypatch: pytest.MonkeyPatch) ->
         assert [(type(e), e.digit, e.start) for e in ev] == [
             (type(e), e.digit, e.start) for e in single
         ]
+
+
+def test_no_key_reaches_a_repr() -> None:
+    """DESIGN invariant 3: a key press logged or shown in a traceback through its repr must
+    not give the key away, whichever part of the engine reported it."""
+    from dtmfmask.dedup import DigitDeduplicator
+    from dtmfmask.rfc4733 import EventGenerator, EventReceiver, TelephoneEvent
+
+    x = np.concatenate([np.zeros(400), dtmf_tone("7", 480), np.zeros(1200)])
+    reprs = [repr(e) for e in detect_signal(x)]
+    receiver = EventReceiver()
+    for i, pkt in enumerate(EventGenerator().digit("9", 1000, 800)):
+        for ev in receiver.receive(
+            payload_type=101, ssrc=1, timestamp=pkt.timestamp, marker=pkt.marker,
+            payload=pkt.payload, now=i * 20.0,
+        ):  # fmt: skip
+            reprs.append(repr(ev))
+    reprs += [repr(t) for t in TelephoneEvent.parse(TelephoneEvent(9, True, 10, 800).build())]
+    dedup = DigitDeduplicator()
+    dedup.offer("5", "inband", 0.0, 100.0)
+    reprs.append(repr(dedup._presses))  # what a debugger or a traceback with locals shows
+    assert len(reprs) >= 5
+    for text in reprs:
+        assert "'7'" not in text and "'9'" not in text and "'5'" not in text, text
+        assert "event=9" not in text, text
