@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal, TypeVar
@@ -48,12 +49,16 @@ import yaml
 
 from control_api.events import FieldName
 from control_api.yamlnodes import NodeReader, decode_text
+from sipproxy.config import HostPort
 from sipproxy.yamlreader import read_file
 
 __all__ = [
+    "DEFAULT_API_LISTEN",
     "DEFAULT_FIELDS",
+    "DEFAULT_STORAGE_PATH",
     "MIN_TOKEN_LENGTH",
     "Account",
+    "ApiConfig",
     "ApiToken",
     "MaskStyle",
     "Method",
@@ -61,6 +66,7 @@ __all__ = [
     "PaymentsConfig",
     "ProviderConfig",
     "Role",
+    "StorageConfig",
     "TokenGrant",
     "currency_exponent",
     "default_payments",
@@ -89,6 +95,8 @@ _ENV: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}\Z")
 _CURRENCY: Final = re.compile(r"[A-Z]{3}\Z")
 _SIP_URI: Final = re.compile(r"sips?:[^\s@]+@[^\s@]+\Z")
+# a dialled number as the request-URI user part carries it; a trailing '*' makes it a prefix
+_NUMBER: Final = re.compile(r"[A-Za-z0-9+#._-]{1,64}\*?\Z|\*\Z")
 # ISO 4217 currencies whose minor unit is not 2 decimals; every other code has 2.
 _EXPONENTS: Final = {
     **dict.fromkeys(
@@ -136,6 +144,40 @@ class Account:
     name: str
     payments_enabled: bool
     tokens: tuple[ApiToken, ...] = ()
+    numbers: tuple[str, ...] = ()
+    """Dialled numbers whose calls belong to the account: exact, or a prefix ending in
+    ``*`` (``0800*``; ``*`` alone: every call)."""
+
+    def number_match(self, called: str) -> int:
+        """How well ``called`` matches :attr:`numbers`: -1 none; an exact match beats any
+        prefix; a longer prefix beats a shorter one."""
+        best = -1
+        for n in self.numbers:
+            if n.endswith("*"):
+                if called.startswith(n[:-1]):
+                    best = max(best, len(n) - 1)
+            elif n == called:
+                return 1 << 16
+        return best
+
+
+DEFAULT_API_LISTEN: Final = HostPort("127.0.0.1", 8080)
+DEFAULT_STORAGE_PATH: Final = "dtmfmask.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Where the control API listens (``host:port``; port 0: any free port, for tests)."""
+
+    listen: HostPort = DEFAULT_API_LISTEN
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The SQLite file for payment session records and the audit trail. A relative path in a
+    file is resolved against that file's directory; ``:memory:`` keeps nothing (tests)."""
+
+    path: str = DEFAULT_STORAGE_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +216,18 @@ class PaymentsConfig:
     providers: Mapping[str, ProviderConfig]
     profiles: Mapping[str, PaymentProfile]
     source: str = "<embedded default>"
+    api: ApiConfig = field(default_factory=ApiConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def account_for_number(self, called: str) -> str | None:
+        """The account a call to ``called`` belongs to (best match of the accounts'
+        ``numbers``), or ``None``: then no token sees the call."""
+        best: tuple[int, str] | None = None
+        for account in self.accounts.values():
+            score = account.number_match(called)
+            if score >= 0 and (best is None or score > best[0]):
+                best = (score, account.id)
+        return None if best is None else best[1]
 
     def authenticate(self, token: str) -> TokenGrant | None:
         """The account and role of ``token``, or ``None``; constant time per stored token."""
@@ -208,7 +262,12 @@ def load_payments(
     ``env`` (default ``os.environ``) supplies ``env:`` tokens. Raises ``ConfigError``."""
     if path is None:
         return default_payments()
-    return parse_payments(read_file(path), filename=str(path), env=env)
+    cfg = parse_payments(read_file(path), filename=str(path), env=env)
+    store = cfg.storage.path
+    if store != ":memory:" and not Path(store).is_absolute():
+        resolved = str(Path(path).resolve().parent / store)
+        cfg = replace(cfg, storage=StorageConfig(resolved))
+    return cfg
 
 
 def parse_payments(
@@ -221,7 +280,7 @@ def parse_payments(
 
 # ------------------------------------------------------------------------------- reading
 
-_ACCOUNT_KEYS: Final = ("name", "payments", "tokens")
+_ACCOUNT_KEYS: Final = ("name", "payments", "tokens", "numbers")
 _TOKEN_KEYS: Final = ("role", "env", "sha256", "token")
 _PROVIDER_KEYS: Final = ("type", "sip_uri", "answer_timeout_s", "processing_timeout_s")
 _PROFILE_KEYS: Final = (
@@ -254,7 +313,10 @@ class _Reader:
             r.raise_problems()
             if node is None:
                 return PaymentsConfig({}, default_payments().providers, {}, source=r.filename)
-            top = r.mapping(node, "payments", ("accounts", "providers", "profiles")) or {}
+            top = (
+                r.mapping(node, "payments", ("accounts", "providers", "profiles", "api", "storage"))
+                or {}
+            )
             accounts = self._ids(top.get("accounts"), "payments.accounts", self._account)
             providers = self._ids(top.get("providers"), "payments.providers", self._provider)
             if top.get("providers") is None:
@@ -265,8 +327,13 @@ class _Reader:
                 lambda n, d, name: self._profile(n, d, name, accounts, providers),
             )
             self._check_tokens(top.get("accounts"), accounts)
+            self._check_numbers(top.get("accounts"), accounts)
+            api = self._api(top.get("api"))
+            storage = self._storage(top.get("storage"))
             r.raise_problems()
-            return PaymentsConfig(accounts, providers, profiles, source=r.filename)
+            return PaymentsConfig(
+                accounts, providers, profiles, source=r.filename, api=api, storage=storage
+            )
         finally:
             r.close()
 
@@ -308,7 +375,33 @@ class _Reader:
                 token = self._token(item, f"{dotted}.tokens[{i}]")
                 if token is not None:
                     tokens.append(token)
-        return Account(name, display, bool(enabled), tuple(tokens))
+        numbers: list[str] = []
+        if "numbers" in m:
+            what = "dialled numbers (exact, or a prefix ending in *)"
+            items = r.sequence(m["numbers"], f"{dotted}.numbers", what)
+            for i, item in enumerate(items or ()):
+                sub = f"{dotted}.numbers[{i}]"
+                ok, value = r.scalar(item, sub)
+                text = str(value) if ok and isinstance(value, str | int) else None
+                if isinstance(value, bool) or text is None or not _NUMBER.match(text):
+                    r.problem(
+                        item,
+                        sub,
+                        "must be a dialled number (letters, digits, + # . _ -; up to 64) or a "
+                        "prefix ending in *, written in quotes: '0800*'",
+                    )
+                elif isinstance(value, int):
+                    r.problem(
+                        item,
+                        sub,
+                        f"write numbers in quotes ('{text}'): YAML reads "
+                        "a bare number as an integer and drops leading zeros or +",
+                    )
+                elif text in numbers:
+                    r.problem(item, sub, f"{text!r} is listed twice")
+                else:
+                    numbers.append(text)
+        return Account(name, display, bool(enabled), tuple(tokens), tuple(numbers))
 
     def _token(self, node: yaml.Node, dotted: str) -> ApiToken | None:
         r = self.r
@@ -375,6 +468,54 @@ class _Reader:
                     )
                 else:
                     seen[token.sha256] = account.id
+
+    def _check_numbers(self, node: yaml.Node | None, accounts: Mapping[str, Account]) -> None:
+        seen: dict[str, str] = {}
+        for account in accounts.values():
+            for number in account.numbers:
+                if number in seen:
+                    self.r.problem(
+                        node,
+                        f"payments.accounts.{account.id}.numbers",
+                        f"{number!r} also belongs to account {seen[number]}: a call belongs "
+                        "to one account",
+                    )
+                else:
+                    seen[number] = account.id
+
+    # -- api and storage
+
+    def _api(self, node: yaml.Node | None) -> ApiConfig:
+        if node is None:
+            return ApiConfig()
+        r = self.r
+        m = r.mapping(node, "payments.api", ("listen",)) or {}
+        if "listen" not in m:
+            return ApiConfig()
+        what = "an IP host:port to listen on, e.g. 127.0.0.1:8080 or [::1]:8080"
+        ok, value = r.scalar(m["listen"], "payments.api.listen")
+        listen = _host_port(value) if ok and isinstance(value, str) else None
+        if listen is None:
+            r.problem(m["listen"], "payments.api.listen", f"must be {what}, got {value!r}")
+            return ApiConfig()
+        return ApiConfig(listen)
+
+    def _storage(self, node: yaml.Node | None) -> StorageConfig:
+        if node is None:
+            return StorageConfig()
+        r = self.r
+        m = r.mapping(node, "payments.storage", ("path",)) or {}
+        if "path" not in m:
+            return StorageConfig()
+        path = r.string(
+            m["path"], "payments.storage.path", "a file path (or :memory:)", max_len=4096
+        )
+        if path is None:
+            return StorageConfig()
+        if "\0" in path or path.endswith(("/", "\\")):
+            r.problem(m["path"], "payments.storage.path", "must name a file, not a directory")
+            return StorageConfig()
+        return StorageConfig(path)
 
     # -- providers
 
@@ -586,6 +727,29 @@ class _Reader:
             self.r.problem(m["fields"], sub, f"must be {what}, got [{', '.join(names)}]")
             return None
         return tuple(FieldName(n) for n in names)
+
+
+def _host_port(text: str) -> HostPort | None:
+    """``ip:port`` or ``[ipv6]:port`` (port 0-65535), else ``None``."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if text.startswith("[") != isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        return None
+    port = int(port_text)
+    return HostPort(host, port) if port <= 65535 else None
 
 
 def main(argv: list[str] | None = None) -> int:
