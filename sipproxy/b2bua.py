@@ -19,6 +19,10 @@ Scope and simplifications (each is deliberate, and logged per call where it appl
   Supported toward the PBX, and a caller that *requires* it gets 420.
 - In-dialog requests toward the caller go to the address its INVITE came from (symmetric
   signalling, as behind NAT), toward the PBX to the configured upstream.
+
+During a payment a third leg joins the call: the provider leg (``join_provider``), an
+INVITE from the proxy to the payment provider (see :mod:`sipproxy.providerleg`). What
+happens to calls and provider legs is reported as call events (``take_call_events``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from typing import Literal, Protocol
 import structlog
 
 from sipproxy.dialog import Dialog, DialogError, new_invite, new_tag
+from sipproxy.providerleg import (
+    ProviderFailure,
+    ProviderLeg,
+    answer_reoffer,
+    failure_reason,
+    provider_offer,
+    provider_target,
+)
 from sipproxy.sdp import (
     Codec,
     SdpError,
@@ -67,11 +79,13 @@ from sipproxy.transaction import (
     TransactionLayer,
     TransactionStateError,
     TransactionTimeout,
+    TransportError,
 )
 
 log = structlog.get_logger("sipproxy.b2bua")
 
 Side = Literal["caller", "pbx"]
+EndedBy = Literal["caller", "agent", "proxy"]
 CodecFallback = Literal["reject", "rfc4733_only"]
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
@@ -106,6 +120,55 @@ class MediaRequest:
     masked: bool
 
 
+# -- call events: what the call-control side hears (drained by take_call_events) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """The PBX answered: the call is up."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over (every call that started ends with exactly one of these): ``by``
+    the caller (BYE, CANCEL), the agent (the PBX's BYE or refusal) or the proxy (timeouts,
+    media loss, shutdown)."""
+
+    call_id: str
+    by: EndedBy
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLegAnswered:
+    """The provider answered its leg; ``media`` is what its SDP answer agreed."""
+
+    call_id: str
+    media: LegMedia
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLegFailed:
+    """The provider leg did not come up: ``busy`` (486/600), ``no_answer`` (408/480, or our
+    answer timeout: ``status`` None), ``rejected`` (other finals, or an answer without our
+    codec), ``error`` (no response at all, transport error, a 2xx we cannot use)."""
+
+    call_id: str
+    reason: ProviderFailure
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLegEnded:
+    """The provider hung up its answered leg (a leg we release ourselves gives no event)."""
+
+    call_id: str
+
+
+CallEvent = CallAnswered | CallEnded | ProviderLegAnswered | ProviderLegFailed | ProviderLegEnded
+
+
 class MediaControl(Protocol):
     """The call-control side of the media plane."""
 
@@ -117,6 +180,10 @@ class MediaControl(Protocol):
 
     def sip_info_digit(self, call_id: str, digit: str, duration_ms: int, now: float) -> None:
         """A DTMF key press the caller sent as SIP INFO."""
+
+    def provider_media(self, call_id: str, leg: LegMedia | None) -> None:
+        """The provider leg's negotiated media (its SDP answer, or a re-offer it made), or
+        None: the provider leg is gone (released, failed, ended, or the call ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +253,29 @@ class Call:
     local_offer: Side | None = None
     # the ACK we sent for the 2xx of each client INVITE (resent when the 2xx is retransmitted)
     acks: dict[TransactionKey, SendMessage] = field(default_factory=dict)
+    started_at: float = 0.0  # ``now`` when the caller's INVITE came
+    answered_at: float | None = None
+    provider: ProviderLeg | None = None  # the call's provider leg, while it has one
+    end_by: EndedBy | None = None  # who asked for the end, when it comes later (CANCEL)
+
+    @property
+    def caller_display(self) -> str:
+        """Who calls, for the agent UI: the From display name, else its user part."""
+        try:
+            from_ = self.a_invite.from_
+        except (SipParseError, ValueError):
+            return "unknown"
+        name = (from_.display_name or "").strip()
+        return name or getattr(from_.uri, "user", None) or "unknown"
+
+    @property
+    def called_number(self) -> str:
+        """The number dialled: the user part of the caller's Request-URI ("" if none)."""
+        try:
+            uri = parse_uri(self.a_invite.uri, request_uri=True)
+        except (SipParseError, ValueError):
+            return ""
+        return getattr(uri, "user", None) or ""
 
     @property
     def b_call_id(self) -> str | None:
@@ -228,6 +318,11 @@ class B2BUA:
         # client INVITEs of calls that ended while they were pending, or whose 2xx we ACKed:
         # a (late or retransmitted) 2xx still gets its ACK (§13.2.2.4). Bounded.
         self._orphans: dict[TransactionKey, tuple[Dialog, Address, SendMessage | None]] = {}
+        self._by_id: dict[str, Call] = {}  # by Call.id
+        # provider legs by their own Call-ID: the calls' legs, and cancelled ones that wait
+        # for the final response to their INVITE
+        self._providers: dict[str, ProviderLeg] = {}
+        self._events: list[CallEvent] = []
 
     # -- inspection --------------------------------------------------------------------------
     @property
@@ -237,8 +332,21 @@ class B2BUA:
             seen[id(call)] = call
         return list(seen.values())
 
+    def call_by_id(self, call_id: str) -> Call | None:
+        """The call (ringing or up) whose :attr:`Call.id` is ``call_id``."""
+        return self._by_id.get(call_id)
+
     def deadline(self) -> float | None:
-        return self.layer.deadline()
+        due = self.layer.deadline()
+        for leg in self._providers.values():  # a few at most: only calls taking a payment
+            if leg.answer_due is not None and (due is None or leg.answer_due < due):
+                due = leg.answer_due
+        return due
+
+    def take_call_events(self) -> list[CallEvent]:
+        """What happened to calls and provider legs since the last call, in order."""
+        out, self._events = self._events, []
+        return out
 
     # -- input -------------------------------------------------------------------------------
     def receive(
@@ -249,7 +357,11 @@ class B2BUA:
         return self._handle(self.layer.receive(message, now, source=source), now, source)
 
     def timer(self, now: float) -> list[SendMessage]:
-        return self._handle(self.layer.timer(now), now, None)
+        out = self._handle(self.layer.timer(now), now, None)
+        for leg in list(self._providers.values()):
+            if leg.answer_due is not None and leg.answer_due <= now:
+                out += self._sends(self._provider_not_answering(leg, now))
+        return out
 
     def hangup(self, call: Call, now: float, reason: str) -> list[SendMessage]:
         """End ``call`` from the proxy's side (media timeout, drain, shutdown): BYE both legs,
@@ -265,9 +377,10 @@ class B2BUA:
             if call.b_key is not None and not call.cancelled:
                 # the PBX's final (487, or a 200 that lost the race: ACK and BYE) ends it
                 call.cancelled = True
+                call.end_by = "proxy"
                 out += self.layer.cancel(call.b_key, now)
                 return self._sends(out)
-        self._end(call)
+        out += self._end(call, "proxy", now)
         return self._sends(out)
 
     def drain(self) -> None:
@@ -293,6 +406,8 @@ class B2BUA:
                 self._on_ack(ev.request)
             elif isinstance(ev, TransactionTimeout):
                 out += self._on_timeout(ev.key, ev.timer, now)
+            elif isinstance(ev, TransportError):
+                self._provider_timeout(ev.key)
         return self._sends(out)
 
     @staticmethod
@@ -327,9 +442,12 @@ class B2BUA:
         try:
             to_tag = request.to.tag
             call = self._calls.get(request.call_id)
+            leg = self._providers.get(request.call_id)
             max_forwards = request.max_forwards
         except (SipParseError, ValueError):
             return self._respond(key, request, 400, now)
+        if leg is not None:
+            return self._provider_request(leg, request, key, now)
         if max_forwards == 0 and request.method in ("INVITE", "UPDATE", "INFO", "MESSAGE",
                                                     "NOTIFY", "REFER"):  # fmt: skip
             self.counters.loops += 1
@@ -403,8 +521,10 @@ class B2BUA:
             masked=masked,
             a_transport=_transport_of(request),
             a_sdp=offer,
+            started_at=now,
         )
         self._calls[request.call_id] = call
+        self._by_id[call_id] = call
         self._waiting_media[call_id] = call
         self._media_requests.append(MediaRequest(call_id, _leg_media(offer, None), masked))
         log.info("call started", call=call.id, source=source)
@@ -439,7 +559,7 @@ class B2BUA:
         log.warning("call refused: no media ports", call=call.id)
         out = self._final_to_caller(call, 503, now)
         self.counters.calls_failed += 1
-        self._end(call)
+        out += self._end(call, "proxy", now)
         return self._sends(out)
 
     def _pbx_invite(self, a_invite: SipRequest, body: bytes) -> SipRequest:
@@ -495,7 +615,7 @@ class B2BUA:
             out += self._abandon_pending(call, now)
             out += self._bye(call, other, now)
             log.info("call ended", call=call.id, by=side)
-            self._end(call)
+            out += self._end(call, "caller" if side == "caller" else "agent", now)
             return out
         if method in ("INVITE", "UPDATE"):
             refused_status = self._offer_conflict(call, side, request)
@@ -558,7 +678,11 @@ class B2BUA:
         """The ACK for a 2xx we sent: for a re-INVITE answered here, it brings the answer."""
         try:
             call = self._calls.get(ack.call_id)
+            leg = self._providers.get(ack.call_id)
         except (SipParseError, ValueError):
+            return
+        if leg is not None:
+            self._provider_ack(leg, ack)
             return
         if call is None or call.local_offer is None or call.state != "up":
             return
@@ -672,11 +796,13 @@ class B2BUA:
         if call.state not in ("trying", "early"):
             return []
         call.cancelled = True
+        call.end_by = "caller"
         out = self._final_to_caller(call, 487, now)
-        if call.b_key is not None:
-            out += self.layer.cancel(call.b_key, now)
         log.info("call cancelled by the caller", call=call.id)
-        return out
+        if call.b_key is not None:
+            return out + self.layer.cancel(call.b_key, now)  # the PBX's final ends the call
+        # nothing sent to the PBX yet (its media is being opened): the call ends here
+        return out + self._end(call, "caller", now)
 
     def _cancel_forwarded(self, key: TransactionKey, now: float) -> list[Event]:
         """A CANCEL for a re-INVITE we forwarded: 487 to its sender, CANCEL to the other
@@ -699,9 +825,12 @@ class B2BUA:
     def _on_response(self, response: SipResponse, key: TransactionKey, now: float) -> list[Event]:
         try:
             call = self._calls.get(response.call_id)
+            leg = self._providers.get(response.call_id)
             is_invite_2xx = response.cseq.method == "INVITE" and 200 <= response.status < 300
         except (SipParseError, ValueError):
             return []
+        if leg is not None:
+            return self._provider_response(leg, response, key, now)
         if is_invite_2xx:
             # a retransmitted 2xx (our ACK was lost), or a late one for an ended call
             if call is not None and key in call.acks:
@@ -739,7 +868,7 @@ class B2BUA:
                     self._orphan(call.b_key, dialog, self.config.pbx, call.acks[call.b_key])
                     out += self._bye(call, "pbx", now)
             if status >= 200:
-                self._end(call)
+                out += self._end(call, "caller", now)  # or call.end_by: who cancelled
             return out
         body = b""
         if response.body and response.status < 300:
@@ -781,7 +910,7 @@ class B2BUA:
                 log.warning("unusable 2xx from the PBX", call=call.id)
                 out = self._final_to_caller(call, 502, now)
                 self.counters.calls_failed += 1
-                self._end(call)
+                out += self._end(call, "proxy", now)
                 return out
             if call.b_dialog is not None and call.b_dialog.remote_tag == dialog.remote_tag:
                 dialog.remote_seq = call.b_dialog.remote_seq
@@ -800,9 +929,12 @@ class B2BUA:
             call.a_sdp_sent = body
             call.a_dialog = Dialog.uas(call.a_invite, a_resp)
             call.state = "up"
+            call.answered_at = now
             self.counters.calls_answered += 1
+            self._events.append(CallAnswered(call.id))
             log.info("call answered", call=call.id)
             return out
+
         # a final failure: pass it on (401/407 challenges included) and forget the call
         self.counters.calls_failed += 1
         out = self.layer.send_response(
@@ -813,7 +945,7 @@ class B2BUA:
             now,
         )
         log.info("call failed", call=call.id, status=status)
-        self._end(call)
+        out += self._end(call, "agent", now)
         return out
 
     def _ack_pbx(self, call: Call, dialog: Dialog, now: float) -> list[Event]:
@@ -913,6 +1045,9 @@ class B2BUA:
         return out
 
     def _on_timeout(self, key: TransactionKey, timer: str, now: float) -> list[Event]:
+        if self._provider_timeout(key):
+            return []
+
         call = next(
             (c for c in self.calls if key in (c.a_key, c.b_key) or key in c.forwarded), None
         )
@@ -933,17 +1068,297 @@ class B2BUA:
             log.info("the PBX did not answer", call=call.id, timer=timer)
             out = self._final_to_caller(call, 408, now)
             self.counters.calls_failed += 1
-            self._end(call)
+            out += self._end(call, "proxy", now)
             return out
         if key == call.a_key and timer == "L" and call.state == "up":
             log.info("no ACK from the caller", call=call.id)
             out = self._abandon_pending(call, now)
             out += self._bye(call, "caller", now) + self._bye(call, "pbx", now)
-            self._end(call)
+            out += self._end(call, "proxy", now)
             return out
+
         if timer == "L" and call.local_offer is not None:
             call.local_offer = None  # no ACK (so no answer) for the offer we made in a 2xx
         return []
+
+    # -- the provider leg --------------------------------------------------------------------
+    def join_provider(
+        self,
+        call_id: str,
+        uri: str,
+        media_port: int,
+        codec: str,
+        now: float,
+        answer_timeout_s: float,
+    ) -> list[SendMessage]:
+        """Dial the provider leg of call ``call_id`` (:attr:`Call.id`): an INVITE to ``uri``
+        (a new dialog: its own Call-ID, tags, branch) offering ``codec`` (the caller leg's
+        PCMU or PCMA) and telephone-event at ``media_address:media_port``.
+
+        What becomes of it comes as :class:`ProviderLegAnswered` or
+        :class:`ProviderLegFailed`; ringing longer than ``answer_timeout_s`` is cancelled
+        (``no_answer``). Raises ``KeyError`` if the call is not up, ``ValueError`` if it
+        has a provider leg already, or for a URI or codec the leg cannot use.
+        """
+        call = self._by_id.get(call_id)
+        if call is None or call.state != "up":
+            raise KeyError(call_id)
+        if call.provider is not None:
+            raise ValueError(f"call {call_id} has a provider leg already")
+        request_uri, destination = provider_target(uri)
+        offer = provider_offer(self.config.media_address, media_port, codec)
+        invite = new_invite(
+            request_uri,
+            from_uri=f"sip:dtmfmask@{self.config.sip_host}",
+            to_uri=request_uri,
+            contact=self.config.contact,
+            via=self.config.via,
+            headers=[("Allow", ALLOW)],
+            body=offer.to_bytes(),
+        )
+        key, out = self.layer.send_request(invite, destination, now)
+        leg = ProviderLeg(
+            call_id=call.id,
+            invite=invite,
+            key=key,
+            destination=destination,
+            offer=offer,
+            answer_due=now + max(answer_timeout_s, 0.0),
+        )
+        call.provider = leg
+        self._providers[leg.sip_call_id] = leg
+        log.info("provider leg dialled", call=call.id, destination=destination)
+        return self._sends(out)
+
+    def release_provider(self, call_id: str, now: float) -> list[SendMessage]:
+        """Hang up the call's provider leg: BYE if answered, CANCEL while ringing, nothing
+        if there is none (idempotent). No event follows: the caller asked for it."""
+        call = self._by_id.get(call_id)
+        if call is None or call.provider is None:
+            return []
+        log.info("provider leg released", call=call.id)
+        return self._sends(self._release_leg(call, call.provider, now))
+
+    def _release_leg(self, call: Call, leg: ProviderLeg, now: float) -> list[Event]:
+        self._detach(leg)
+        if leg.state == "up":
+            return self._provider_bye(leg, now)
+        leg.state = "cancelled"
+        # §9.1: sent at once after a provisional, else by the layer when one comes; the
+        # final (487, or a 200 that won the race: ACKed and hung up) ends the leg
+        return self.layer.cancel(leg.key, now)
+
+    def _detach(self, leg: ProviderLeg) -> bool:
+        """The leg is no longer its call's (released, failed, hung up): tell the media plane.
+        False if it was not attached."""
+        leg.answer_due = None
+        call = self._by_id.get(leg.call_id)
+        if call is None or call.provider is not leg:
+            return False
+        call.provider = None
+        self.media.provider_media(call.id, None)
+        return True
+
+    def _provider_failed(
+        self, leg: ProviderLeg, reason: ProviderFailure, status: int | None
+    ) -> None:
+        if self._detach(leg):
+            log.info("provider leg failed", call=leg.call_id, reason=reason, status=status)
+            self._events.append(ProviderLegFailed(leg.call_id, reason, status))
+
+    def _provider_gone(self, leg: ProviderLeg) -> None:
+        """Forget the leg; a 2xx that comes again for its INVITE is still ACKed."""
+        self._providers.pop(leg.sip_call_id, None)
+        if leg.dialog is not None and leg.ack is not None:
+            self._orphan(leg.key, leg.dialog, leg.destination, leg.ack)
+
+    def _provider_bye(self, leg: ProviderLeg, now: float) -> list[Event]:
+        self._provider_gone(leg)
+        if leg.dialog is None:
+            return []
+        try:
+            bye = leg.dialog.build_request("BYE", via=self.config.via)
+        except DialogError:
+            return []
+        _, out = self.layer.send_request(bye, leg.destination, now)
+        return out
+
+    def _provider_not_answering(self, leg: ProviderLeg, now: float) -> list[Event]:
+        """The answer timeout: cancel the INVITE and report ``no_answer`` at once."""
+        if leg.state not in ("calling", "ringing"):
+            leg.answer_due = None
+            return []
+        leg.state = "cancelled"
+        self._provider_failed(leg, "no_answer", None)
+        return self.layer.cancel(leg.key, now)
+
+    def _provider_timeout(self, key: TransactionKey) -> bool:
+        """A timeout or transport error on a provider leg's transaction. True if it was
+        the leg's INVITE: no final response ever came (``error``, unless cancelled)."""
+        for leg in self._providers.values():
+            if leg.local_offer == key:  # no ACK for the offer we made in a 2xx (Timer L)
+                leg.local_offer = None
+            if leg.key == key and leg.state != "up":
+                self._provider_gone(leg)
+                self._provider_failed(leg, "error", None)
+                return True
+        return False
+
+    def _provider_response(
+        self, leg: ProviderLeg, response: SipResponse, key: TransactionKey, now: float
+    ) -> list[Event]:
+        if key != leg.key:
+            return []  # to our CANCEL or BYE: nothing to do
+        status = response.status
+        if status < 200:
+            if status > 100 and leg.state == "calling":
+                leg.state = "ringing"
+                log.info("provider leg ringing", call=leg.call_id, status=status)
+            return []
+        if status < 300:
+            return self._provider_2xx(leg, response, now)
+        self._provider_gone(leg)  # the layer has ACKed it
+        if leg.state != "cancelled":
+            self._provider_failed(leg, failure_reason(status), status)
+        return []
+
+    def _provider_2xx(self, leg: ProviderLeg, response: SipResponse, now: float) -> list[Event]:
+        if leg.dialog is not None and leg.ack is not None:
+            if response.to.tag == leg.dialog.remote_tag:
+                return [leg.ack]  # a retransmission: our ACK was lost
+            return self._refuse_provider_fork(leg, response, now)
+        try:
+            dialog = Dialog.uac(leg.invite, response)
+        except DialogError:  # no To tag or no Contact: no dialog to ACK or hang up
+            log.warning("unusable 2xx from the provider", call=leg.call_id)
+            self._provider_gone(leg)
+            self._provider_failed(leg, "error", response.status)
+            return []
+        leg.dialog = dialog
+        leg.ack = SendMessage(dialog.build_ack(via=self.config.via), leg.destination)
+        out: list[Event] = [leg.ack]
+        if leg.state == "cancelled":  # the 2xx crossed our CANCEL (§9.1): hang it up
+            log.info("provider answered after cancel: hung up", call=leg.call_id)
+            return out + self._provider_bye(leg, now)
+        media, failure = self._provider_answer(leg, response)
+        if media is None:
+            log.warning("provider answer unusable", call=leg.call_id, reason=failure)
+            self._provider_failed(leg, failure, response.status)
+            return out + self._provider_bye(leg, now)
+        leg.state = "up"
+        leg.answer_due = None
+        self.media.provider_media(leg.call_id, media)
+        self._events.append(ProviderLegAnswered(leg.call_id, media))
+        log.info("provider leg answered", call=leg.call_id, codec=media.codec,
+                 telephone_event=media.telephone_event_pt is not None)  # fmt: skip
+        return out
+
+    def _provider_answer(
+        self, leg: ProviderLeg, response: SipResponse
+    ) -> tuple[LegMedia | None, ProviderFailure]:
+        """The provider's media from its SDP answer, or why it cannot be used."""
+        try:
+            answer = parse_sdp(response.body)
+            neg = negotiate(leg.offer, answer)
+        except (SdpError, ValueError):  # no SDP, or not an answer to our offer
+            return None, "error"
+        if neg.rejected or neg.codec_answer is None:
+            return None, "rejected"
+        leg.remote_sdp = answer
+        negotiated = (neg.codec_answer, neg.telephone_event_answer)
+        return _leg_media(answer, negotiated, neg.media_index), "error"
+
+    def _refuse_provider_fork(
+        self, leg: ProviderLeg, response: SipResponse, now: float
+    ) -> list[Event]:
+        """A 2xx from a second fork of the provider INVITE: ACKed and hung up (§13.2.2.4)."""
+        try:
+            fork = Dialog.uac(leg.invite, response)
+        except DialogError:
+            return []
+        out: list[Event] = [SendMessage(fork.build_ack(via=self.config.via), leg.destination)]
+        _, sent = self.layer.send_request(
+            fork.build_request("BYE", via=self.config.via), leg.destination, now
+        )
+        return out + sent
+
+    def _provider_request(
+        self, leg: ProviderLeg, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event]:
+        """A request from the provider in its leg's dialog: BYE ends the leg; a new offer
+        (re-INVITE, UPDATE) is answered here and moves the leg's media; OPTIONS and INFO
+        get 200 and go nowhere (the provider leg is the proxy's own, not the agent's)."""
+        dialog = leg.dialog
+        if dialog is None or not request.to.tag:
+            return self._respond(key, request, 481, now)
+        try:
+            refused = dialog.receive_request(request)
+        except DialogError:
+            refused = build_response(request, 481)
+        if refused is not None:
+            return self.layer.send_response(key, refused, now)
+        method = request.method
+        tag = dialog.local_tag
+        if method == "BYE":
+            out = self._respond(key, request, 200, now, to_tag=tag)
+            self._provider_gone(leg)
+            if self._detach(leg):
+                log.info("provider hung up", call=leg.call_id)
+                self._events.append(ProviderLegEnded(leg.call_id))
+            return out
+        if method in ("INVITE", "UPDATE"):
+            if leg.local_offer is not None:
+                return self._respond(key, request, 491, now, to_tag=tag)  # §14.2
+            return self._provider_reoffer(leg, request, key, now)
+        if method == "OPTIONS":
+            return self._respond(key, request, 200, now, to_tag=tag, headers=[("Allow", ALLOW)])
+        if method == "INFO":
+            return self._respond(key, request, 200, now, to_tag=tag)
+        return self._respond(key, request, 405, now, to_tag=tag, headers=[("Allow", ALLOW)])
+
+    def _provider_reoffer(
+        self, leg: ProviderLeg, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event]:
+        assert leg.dialog is not None
+        tag = leg.dialog.local_tag
+        sdp_header = [("Content-Type", "application/sdp")]
+        if not request.body:
+            if request.method == "UPDATE":
+                return self._respond(key, request, 200, now, to_tag=tag)  # a refresh
+            # a re-INVITE without SDP: our current SDP is the offer, the ACK brings the answer
+            leg.local_offer = key
+            body = leg.offer.to_bytes()
+            return self._respond(key, request, 200, now, to_tag=tag, headers=sdp_header,
+                                 body=body)  # fmt: skip
+        try:
+            offer = parse_sdp(request.body)
+            answer = answer_reoffer(leg.offer, offer)
+            neg = negotiate(offer, answer)
+        except (SdpError, ValueError):
+            log.info("provider re-offer refused", call=leg.call_id)
+            return self._respond(key, request, 488, now, to_tag=tag)
+        leg.offer, leg.remote_sdp = answer, offer
+        media = _leg_media(offer, (neg.codec_offer, neg.telephone_event_offer), neg.media_index)
+        self.media.provider_media(leg.call_id, media)
+        return self._respond(key, request, 200, now, to_tag=tag, headers=sdp_header,
+                             body=answer.to_bytes())  # fmt: skip
+
+    def _provider_ack(self, leg: ProviderLeg, ack: SipRequest) -> None:
+        """The ACK for our 2xx to a provider re-INVITE: it answers the offer we made."""
+        if leg.local_offer is None:
+            return
+        leg.local_offer = None
+        try:
+            answer = parse_sdp(ack.body)
+            neg = negotiate(leg.offer, answer)
+        except (SdpError, ValueError):
+            log.warning("provider re-INVITE: no usable answer in the ACK", call=leg.call_id)
+            return
+        if neg.codec_answer is None:
+            return
+        leg.remote_sdp = answer
+        negotiated = (neg.codec_answer, neg.telephone_event_answer)
+        self.media.provider_media(leg.call_id, _leg_media(answer, negotiated, neg.media_index))
 
     # -- media -------------------------------------------------------------------------------
     def _configure_media(
@@ -961,21 +1376,29 @@ class B2BUA:
             leg = _leg_media(sdp, (codec, te), neg.media_index)
             self.media.configure(call.id, side, leg, masked=call.masked)  # type: ignore[arg-type]
 
-    def _end(self, call: Call) -> None:
+    def _end(self, call: Call, by: EndedBy, now: float) -> list[Event]:
+        """Forget ``call`` (once): its provider leg is hung up (the BYE or CANCEL is
+        returned), its media released, and :class:`CallEnded` reported."""
         if call.state == "ended":
-            return
+            return []
         call.state = "ended"
-        if self._waiting_media.pop(call.id, None) is not None:
-            return  # media_ready will release what the adapter opened
+        out: list[Event] = []
+        if call.provider is not None:
+            out += self._release_leg(call, call.provider, now)
         self.counters.calls_ended += 1
+        self._calls.pop(call.a_invite.call_id, None)
+        if call.b_call_id is not None:
+            self._calls.pop(call.b_call_id, None)
+        self._by_id.pop(call.id, None)
+        self._events.append(CallEnded(call.id, call.end_by or by))
+        if self._waiting_media.pop(call.id, None) is not None:
+            return out  # media_ready will release what the adapter opened
         for key, ack in call.acks.items():
             dialog = call.b_dialog if ack.destination == self.config.pbx else call.a_dialog
             if dialog is not None:
                 self._orphan(key, dialog, ack.destination or self.config.pbx, ack)
-        self._calls.pop(call.a_invite.call_id, None)
-        if call.b_call_id is not None:
-            self._calls.pop(call.b_call_id, None)
         self.media.release(call.id)
+        return out
 
 
 def _leg_media(
