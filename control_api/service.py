@@ -1,0 +1,914 @@
+"""The payment service: the asyncio adapter around :class:`~control_api.session.PaymentSession`.
+
+The session is sans-I/O; everything around it happens here, in one place:
+
+- **Agent actions** (from :mod:`control_api.api`, already authenticated as a
+  :class:`~control_api.profiles.TokenGrant`) become session inputs; what the session refuses
+  comes back as :class:`ServiceError` (409 wrong state, 422 bad input, 403, 404).
+- **Actions** the session emits are executed through :class:`~sipproxy.callcontrol.
+  CallControl` (hold, retrieve, digit capture) and the session's
+  :class:`~control_api.connectors.ProviderConnector` (join, process, release). Each action
+  runs on its own: one that raises is logged and the next one still runs, so a finished
+  session always gets ``ReleaseProviderLeg`` and ``RetrieveCaller`` executed (DESIGN.md
+  invariant 5, nobody stranded).
+- **Call-control events** (:class:`~sipproxy.callcontrol.CallGone`, ``Digit``,
+  ``ProviderJoined``/``Failed``/``Left``, ``HoldChanged``) become session inputs for the
+  call's session. Events that arrive while an action is being executed (a call-control
+  implementation may emit them synchronously) are queued and handled right after, in order.
+- **One timer per session** (``loop.call_at`` at :meth:`PaymentSession.get_timer`).
+- **Long-poll**: every version change wakes the session's waiters (:meth:`wait_payment`).
+- **Storage and audit**: the session row is rewritten on every version change; agent
+  actions, field state changes, provider events and results are audited (never digits).
+- **Rules**: a call belongs to the account whose ``numbers`` match its dialled number
+  (others get 403; a call no account claims is 404 for everyone); payments need the
+  account's feature on (403 ``payments_disabled``) and a call that is up (409
+  ``call_not_up``); one live session per call (409 ``session_in_progress``); a create
+  with a used ``Idempotency-Key`` returns the session it created.
+
+Card digits pass through here in two places only, both without being looked at or logged:
+``Digit`` events into the session, and the session's ``ProcessPayment`` into the connector.
+Exceptions around them are logged by type only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+import string
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from control_api.connectors import ProviderConnector, make_connector
+from control_api.events import (
+    CallEnded,
+    CallerHoldChanged,
+    Cancel,
+    ErrorCode,
+    FieldName,
+    FieldUpdated,
+    HoldCaller,
+    Input,
+    JoinProvider,
+    KeyPressed,
+    LateProviderResult,
+    Output,
+    Proceed,
+    Process,
+    ProcessPayment,
+    ProviderAnswered,
+    ProviderHungUp,
+    ProviderResult,
+    ReleaseProviderLeg,
+    ResetField,
+    Restarted,
+    RetrieveCaller,
+    SessionFinished,
+    SessionUpdated,
+    SetDetails,
+    StartCapture,
+    StartDigitCapture,
+    StopDigitCapture,
+)
+from control_api.events import ProviderFailed as SessionProviderFailed
+from control_api.profiles import PaymentProfile, PaymentsConfig, TokenGrant, load_payments
+from control_api.session import PaymentSession, SessionError, SessionErrorCode
+from control_api.storage import AuditEntry, SessionRecord, Storage
+from sipproxy.callcontrol import (
+    CallControl,
+    CallControlEvent,
+    CallGone,
+    CallInfo,
+    CallUp,
+    Digit,
+    HoldChanged,
+    ProviderFailed,
+    ProviderJoined,
+    ProviderLeft,
+)
+from sipproxy.metrics import MetricFamily, as_labels, counter, gauge
+
+__all__ = ["MAX_IDEMPOTENCY_KEY", "MAX_WAIT_S", "PaymentService", "ServiceError", "parse_amount"]
+
+log = structlog.get_logger("control_api.service")
+
+MAX_WAIT_S: Final = 30.0
+"""Longest long-poll wait (``GET /v1/payments/{id}?wait=``)."""
+MAX_IDEMPOTENCY_KEY: Final = 200
+MAX_FINISHED_IN_MEMORY: Final = 1000
+"""Finished sessions kept in memory (for late provider events and fast reads); older ones
+are served from storage."""
+_ID_ALPHABET: Final = string.ascii_lowercase  # no digits: ids are never taken for card data
+
+
+class ServiceError(Exception):
+    """An API-visible refusal: HTTP ``status``, stable ``code``, a sentence without input."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")
+
+
+Actor = TokenGrant | None
+"""Who did it: a token's account and role, or ``None`` for the system."""
+
+
+@dataclass(eq=False)
+class _Live:
+    """A session in memory and what the service keeps beside it."""
+
+    session: PaymentSession
+    account: str
+    connector: ProviderConnector
+    created_wall: float
+    idempotency_key: str | None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    audited_fields: dict[FieldName, tuple[str, str | None, str | None]] = field(
+        default_factory=dict
+    )
+
+
+def _new_id() -> str:
+    return "pay_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+ConnectorFactory = Callable[..., ProviderConnector]
+
+
+class PaymentService:
+    """Payment sessions on live calls. Construct, :meth:`start` inside the running loop,
+    :meth:`stop` on shutdown (live sessions end ``interrupted``/``process_restart`` with the
+    caller retrieved and the provider released)."""
+
+    def __init__(
+        self,
+        config: PaymentsConfig,
+        calls: CallControl,
+        storage: Storage,
+        *,
+        connector_factory: ConnectorFactory = make_connector,
+        today: Callable[[], date] = date.today,
+        wall: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = _new_id,
+        max_finished: int = MAX_FINISHED_IN_MEMORY,
+    ) -> None:
+        self._config = config
+        self._calls = calls
+        self.storage = storage
+        self._factory = connector_factory
+        self._today = today
+        self._wall = wall
+        self._new_id = new_id
+        self._max_finished = max_finished
+        self._connectors = self._make_connectors(config)
+        self._sessions: dict[str, _Live] = {}
+        self._by_call: dict[str, _Live] = {}  # the call's latest session, live or finished
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._queue: deque[CallControlEvent] = deque()
+        self._busy = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscribed = False
+        self._running = False
+        self.counts: dict[tuple[tuple[str, str], ...], int] = {}
+
+    def __repr__(self) -> str:
+        return f"PaymentService(sessions={len(self._sessions)}, running={self._running})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def config(self) -> PaymentsConfig:
+        return self._config
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and storage answers (``/readyz``)."""
+        return self._running and self.storage.ping()
+
+    def start(self) -> None:
+        """Subscribe to call control; call inside the running loop (once)."""
+        self._loop = asyncio.get_running_loop()
+        if not self._subscribed:
+            self._calls.subscribe(self._on_event)
+            self._subscribed = True
+        self._running = True
+        for sid in self.storage.recovered:
+            log.warning("session interrupted by restart", session_id=sid)
+
+    async def stop(self) -> None:
+        """End every live session (``Restarted``: release, retrieve), cancel timers and
+        tasks, wake long-pollers."""
+        self._running = False
+        for live in list(self._sessions.values()):
+            if not live.session.finished:
+                try:
+                    self._feed(live, Restarted(), None)
+                except Exception as exc:  # one broken session must not strand the others
+                    log.error(
+                        "stop: session not ended",
+                        session_id=live.session.id,
+                        error=type(exc).__name__,
+                    )
+        tasks: list[asyncio.Task[None]] = []
+        for live in self._sessions.values():
+            self._disarm(live)
+            tasks += live.tasks
+            live.changed.set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def reload(self, config: PaymentsConfig, actor: Actor = None) -> None:
+        """Use ``config`` from now on (tokens, accounts, numbers, profiles, providers).
+        Sessions in progress keep the profile and provider they started with."""
+        connectors = self._make_connectors(config)
+        self._config = config
+        self._connectors = connectors
+        self._audit(actor, None, None, "config_reloaded", {"source": config.source})
+        log.info(
+            "payments configuration reloaded",
+            source=config.source,
+            accounts=len(config.accounts),
+            profiles=len(config.profiles),
+        )
+
+    def reload_file(
+        self,
+        path: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        actor: Actor = None,
+    ) -> PaymentsConfig:
+        """Read ``path`` (default: the file the current config came from) and :meth:`reload`.
+        A bad file raises :class:`~sipproxy.yamlreader.ConfigError` and changes nothing."""
+        source = path if path is not None else self._config.source
+        if path is None and not Path(source).is_file():
+            raise ServiceError(409, "no_config_file", "the configuration was not read from a file")
+        try:
+            config = load_payments(source, env=os.environ if env is None else env)
+        except ValueError as exc:
+            self._audit(actor, None, None, "config_reload_failed", {"source": str(source)})
+            log.error(
+                "payments configuration reload refused; the old one stays",
+                source=str(source),
+                problems=str(exc),
+            )
+            raise
+        self.reload(config, actor)
+        return config
+
+    def _make_connectors(self, config: PaymentsConfig) -> dict[str, ProviderConnector]:
+        return {
+            name: self._factory(provider, self._calls, today=self._today)
+            for name, provider in config.providers.items()
+        }
+
+    # ------------------------------------------------------------------ auth and calls
+
+    def authenticate(self, token: str) -> TokenGrant | None:
+        return self._config.authenticate(token)
+
+    def call_account(self, info: CallInfo) -> str | None:
+        return self._config.account_for_number(info.called)
+
+    def _call(self, grant: TokenGrant, call_id: str) -> CallInfo:
+        info = self._calls.call(call_id)
+        if info is None:
+            raise ServiceError(404, "call_not_found", "no such call in progress")
+        account = self.call_account(info)
+        if account is None:
+            raise ServiceError(404, "call_not_found", "no such call in progress")
+        if account != grant.account:
+            raise ServiceError(403, "forbidden", "the call belongs to another account")
+        return info
+
+    def _call_doc(self, info: CallInfo, account: str) -> dict[str, Any]:
+        live = self._by_call.get(info.call_id)
+        active = live.session.id if live is not None and not live.session.finished else None
+        return {
+            "id": info.call_id,
+            "interaction_type": "call",
+            "payee": info.caller,
+            "caller": info.caller,
+            "called": info.called,
+            "state": info.state,
+            "started_at": info.started_at,
+            "held": info.held,
+            "provider_leg": info.provider_leg,
+            "payment": active,
+            "profiles": [p.name for p in self._config.profiles_for(account)],
+        }
+
+    def list_calls(self, grant: TokenGrant) -> list[dict[str, Any]]:
+        """The account's calls in progress, oldest first."""
+        out = [
+            self._call_doc(info, grant.account)
+            for info in self._calls.calls()
+            if self.call_account(info) == grant.account
+        ]
+        out.sort(key=lambda d: d["started_at"])
+        return out
+
+    def get_call(self, grant: TokenGrant, call_id: str) -> dict[str, Any]:
+        return self._call_doc(self._call(grant, call_id), grant.account)
+
+    def hold_call(self, grant: TokenGrant, call_id: str) -> dict[str, Any]:
+        self._call(grant, call_id)
+        try:
+            self._calls.hold(call_id)
+        except KeyError:
+            raise ServiceError(404, "call_not_found", "the call has ended") from None
+        self._audit(grant, None, call_id, "call_held", {})
+        return self.get_call(grant, call_id)
+
+    def retrieve_call(self, grant: TokenGrant, call_id: str) -> dict[str, Any]:
+        self._call(grant, call_id)
+        self._calls.retrieve(call_id)
+        self._audit(grant, None, call_id, "call_retrieved", {})
+        return self.get_call(grant, call_id)
+
+    # ------------------------------------------------------------------ profiles
+
+    def profiles(self, grant: TokenGrant) -> dict[str, Any]:
+        account = self._config.accounts.get(grant.account)
+        enabled = account is not None and account.payments_enabled
+        return {
+            "payments_enabled": enabled,
+            "profiles": [_profile_doc(p) for p in self._config.profiles_for(grant.account)],
+        }
+
+    # ------------------------------------------------------------------ payments
+
+    def create_payment(
+        self,
+        grant: TokenGrant,
+        call_id: str,
+        profile_name: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Start a guided payment on the call (the provider is dialled in and the caller held
+        at once). Returns the view and whether it was created now (``False``: the
+        idempotency key's earlier session)."""
+        account = self._config.accounts.get(grant.account)
+        if account is None or not account.payments_enabled:
+            raise ServiceError(
+                403, "payments_disabled", "payments are not switched on for this account"
+            )
+        if idempotency_key is not None:
+            if not (
+                0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+                and idempotency_key.isascii()
+                and idempotency_key.isprintable()
+            ):
+                raise ServiceError(
+                    422,
+                    "bad_idempotency_key",
+                    f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+                )
+            rec = self.storage.session_by_key(grant.account, idempotency_key)
+            if rec is not None:
+                if rec.call_id != call_id or rec.profile != profile_name:
+                    raise ServiceError(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for another request",
+                    )
+                return self.get_payment(grant, rec.id), False
+        info = self._call(grant, call_id)
+        if info.state != "up":
+            raise ServiceError(409, "call_not_up", "payments are taken on answered calls only")
+        profile = next(
+            (p for p in self._config.profiles_for(grant.account) if p.name == profile_name),
+            None,
+        )
+        if profile is None:
+            raise ServiceError(422, "unknown_profile", "no such payment profile for this account")
+        if profile.method != "guided":
+            raise ServiceError(
+                422, "method_not_supported", "only guided profiles run on a call here"
+            )
+        current = self._by_call.get(call_id)
+        if current is not None and not current.session.finished:
+            raise ServiceError(
+                409, "session_in_progress", f"payment {current.session.id} is in progress"
+            )
+        provider = self._config.providers[profile.provider]
+        connector = self._connectors[provider.name]
+        loop = self._running_loop()
+        session = PaymentSession(
+            self._new_id(), call_id, profile, provider, today=self._today(), now=loop.time()
+        )
+        live = _Live(session, grant.account, connector, self._wall(), idempotency_key)
+        try:
+            self.storage.insert_session(self._record(live))
+        except sqlite3.IntegrityError:  # the same key raced in: same answer as above
+            raise ServiceError(
+                409, "session_in_progress", "a payment with this Idempotency-Key exists"
+            ) from None
+        self._sessions[session.id] = live
+        self._by_call[call_id] = live
+        self._count("created")
+        self._audit(
+            grant,
+            session.id,
+            call_id,
+            "session_created",
+            {"profile": profile.name, "provider": provider.name},
+        )
+        log.info(
+            "payment session created",
+            session_id=session.id,
+            call_id=call_id,
+            profile=profile.name,
+            account=grant.account,
+        )
+        self._feed(live, Proceed(), grant)
+        return session.view().to_dict(), True
+
+    def get_payment(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
+        """The agent's view (``version`` is the ETag)."""
+        live = self._sessions.get(session_id)
+        if live is not None:
+            self._check_account(grant, live.account)
+            return live.session.view().to_dict()
+        rec = self.storage.session(session_id)
+        if rec is None:
+            raise ServiceError(404, "payment_not_found", "no such payment session")
+        self._check_account(grant, rec.account)
+        return dict(rec.view)
+
+    async def wait_payment(
+        self, grant: TokenGrant, session_id: str, seen_version: int | None, wait_s: float
+    ) -> dict[str, Any]:
+        """The view as soon as its version differs from ``seen_version``, or after
+        ``wait_s`` (at most :data:`MAX_WAIT_S`) unchanged."""
+        doc = self.get_payment(grant, session_id)
+        live = self._sessions.get(session_id)
+        if seen_version is None or doc["version"] != seen_version or wait_s <= 0 or live is None:
+            return doc  # a stored record never changes again: no wait
+        loop = self._running_loop()
+        deadline = loop.time() + min(wait_s, MAX_WAIT_S)
+        while self._running:
+            event = live.changed
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                break
+            doc = self.get_payment(grant, session_id)
+            if doc["version"] != seen_version:
+                return doc
+        return self.get_payment(grant, session_id)
+
+    def set_details(
+        self, grant: TokenGrant, session_id: str, details: SetDetails
+    ) -> dict[str, Any]:
+        live = self._live(grant, session_id)
+        self._act(live, details, grant)
+        self._audit(
+            grant,
+            session_id,
+            live.session.call_id,
+            "details_set",
+            {"amount": str(live.session.amount), "currency": live.session.currency},
+        )
+        return live.session.view().to_dict()
+
+    def start_capture(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
+        live = self._live(grant, session_id)
+        self._act(live, StartCapture(), grant)
+        self._audit(grant, session_id, live.session.call_id, "capture_started", {})
+        return live.session.view().to_dict()
+
+    def reset_field(self, grant: TokenGrant, session_id: str, name: str) -> dict[str, Any]:
+        live = self._live(grant, session_id)
+        try:
+            field_name = FieldName(name)
+        except ValueError:
+            raise ServiceError(
+                422, "unknown_field", f"fields are {', '.join(f.value for f in FieldName)}"
+            ) from None
+        self._act(live, ResetField(field_name), grant)
+        self._audit(
+            grant, session_id, live.session.call_id, "field_reset", {"field": field_name.value}
+        )
+        return live.session.view().to_dict()
+
+    def process(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
+        """Send the card to the provider; a repeat while processing or after is a no-op."""
+        live = self._live_or_record(grant, session_id)
+        if live is None:
+            return self.get_payment(grant, session_id)  # finished long ago: idempotent
+        before = live.session.version
+        self._act(live, Process(), grant)
+        if live.session.version != before:
+            self._audit(grant, session_id, live.session.call_id, "process_requested", {})
+        return live.session.view().to_dict()
+
+    def cancel(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
+        live = self._live(grant, session_id)
+        self._act(live, Cancel(), grant)
+        self._audit(grant, session_id, live.session.call_id, "cancel_requested", {})
+        return live.session.view().to_dict()
+
+    # -- lookups
+
+    def _check_account(self, grant: TokenGrant, account: str) -> None:
+        if account != grant.account:
+            raise ServiceError(403, "forbidden", "the payment belongs to another account")
+
+    def _live_or_record(self, grant: TokenGrant, session_id: str) -> _Live | None:
+        live = self._sessions.get(session_id)
+        if live is None:
+            self.get_payment(grant, session_id)  # 404 / 403
+            return None
+        self._check_account(grant, live.account)
+        return live
+
+    def _live(self, grant: TokenGrant, session_id: str) -> _Live:
+        live = self._live_or_record(grant, session_id)
+        if live is None:
+            raise ServiceError(409, "wrong_state", "the payment session has finished")
+        return live
+
+    def _act(self, live: _Live, event: Input, grant: TokenGrant) -> None:
+        try:
+            self._feed(live, event, grant)
+        except SessionError as exc:
+            status = 409 if exc.code is SessionErrorCode.WRONG_STATE else 422
+            raise ServiceError(status, exc.code.value, exc.message) from None
+
+    # ------------------------------------------------------------------ the engine
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("PaymentService.start() was not called")
+        return self._loop
+
+    def _feed(self, live: _Live, event: Input, actor: Actor) -> None:
+        """One input into one session, its outputs executed, then queued events handled."""
+        was_busy, self._busy = self._busy, True
+        try:
+            outputs = live.session.handle(event, self._running_loop().time())
+            self._apply(live, outputs)
+        finally:
+            self._busy = was_busy
+        if not was_busy:
+            self._pump()
+
+    def _apply(self, live: _Live, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            try:
+                self._execute(live, out)
+            except Exception as exc:  # log and go on: the next action must still run
+                log.error(
+                    "payment action failed",
+                    session_id=live.session.id,
+                    call_id=live.session.call_id,
+                    action=type(out).__name__,
+                    error=type(exc).__name__,
+                )
+        self._arm(live)
+
+    def _execute(self, live: _Live, out: Output) -> None:
+        call_id = live.session.call_id
+        sid = live.session.id
+        match out:
+            case JoinProvider():
+                self._spawn(live, self._join(live))
+            case HoldCaller():
+                try:
+                    self._calls.hold(call_id)
+                except KeyError:
+                    log.info("hold: the call is gone", session_id=sid, call_id=call_id)
+            case RetrieveCaller():
+                self._calls.retrieve(call_id)
+            case StartDigitCapture():
+                self._calls.start_capture(call_id)
+            case StopDigitCapture():
+                self._calls.stop_capture(call_id)
+            case ReleaseProviderLeg():
+                live.connector.release(call_id)
+            case ProcessPayment():
+                self._spawn(live, self._process(live, out))
+            case SessionUpdated():
+                self.storage.update_session(self._record(live))
+                live.changed.set()
+                live.changed = asyncio.Event()
+            case FieldUpdated():
+                self._field_audit(live, out)
+            case SessionFinished(result=result, error=error, reference=reference):
+                self._count("finished", result=result.value)
+                self._audit(
+                    None,
+                    sid,
+                    call_id,
+                    "session_finished",
+                    {
+                        "result": result.value,
+                        "error": error.value if error else None,
+                        "reference": reference,
+                    },
+                )
+                log.info(
+                    "payment session finished",
+                    session_id=sid,
+                    call_id=call_id,
+                    result=result.value,
+                    error=error.value if error else None,
+                )
+                self._finished[sid] = None
+                self._evict()
+            case LateProviderResult(outcome=outcome, reference=reference):
+                self._count("late_results")
+                self._audit(
+                    None,
+                    sid,
+                    call_id,
+                    "late_provider_result",
+                    {"outcome": outcome, "reference": reference},
+                )
+                log.warning(
+                    "provider answered after the session ended: reconcile",
+                    session_id=sid,
+                    outcome=outcome,
+                    reference=reference,
+                )
+
+    def _field_audit(self, live: _Live, out: FieldUpdated) -> None:
+        """Audit a field's state, brand or error change (not every digit)."""
+        brand = out.brand.value if out.brand else None
+        error = out.error.value if out.error else None
+        key = (out.state.value, brand, error)
+        if live.audited_fields.get(out.field) == key:
+            return
+        live.audited_fields[out.field] = key
+        self._audit(
+            None,
+            live.session.id,
+            live.session.call_id,
+            "field_updated",
+            {
+                "field": out.field.value,
+                "state": out.state.value,
+                "digits": out.digits,
+                "brand": brand,
+                "error": error,
+            },
+        )
+
+    def _spawn(self, live: _Live, coro: Any) -> None:
+        task: asyncio.Task[None] = self._running_loop().create_task(coro)
+        live.tasks.add(task)
+        task.add_done_callback(live.tasks.discard)
+
+    async def _join(self, live: _Live) -> None:
+        if live.session.finished:
+            return  # ended (cancelled, hung up) before the task ran: do not dial
+        try:
+            await live.connector.join(live.session.call_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "provider join failed to start",
+                session_id=live.session.id,
+                call_id=live.session.call_id,
+                error=type(exc).__name__,
+            )
+            self._audit(
+                None,
+                live.session.id,
+                live.session.call_id,
+                "provider_failed",
+                {"reason": "error", "status": None},
+            )
+            self._feed(live, SessionProviderFailed("error"), None)
+
+    async def _process(self, live: _Live, request: ProcessPayment) -> None:
+        try:
+            result = await live.connector.process(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # type only: the exception may have seen the card
+            log.error(
+                "provider processing raised", session_id=live.session.id, error=type(exc).__name__
+            )
+            result = ProviderResult("error", ErrorCode.PROCESSING_ERROR)
+        del request  # the card: nothing here holds it any longer
+        if result is None:
+            return  # never answers: the session's processing deadline decides
+        self._audit(
+            None,
+            live.session.id,
+            live.session.call_id,
+            "provider_result",
+            {
+                "outcome": result.outcome,
+                "code": result.code.value if result.code else None,
+                "reference": result.reference,
+            },
+        )
+        self._feed(live, result, None)
+
+    # -- timers
+
+    def _arm(self, live: _Live) -> None:
+        deadline = live.session.get_timer()
+        if deadline == live.timer_at and (deadline is None or live.timer is not None):
+            return
+        self._disarm(live)
+        if deadline is not None:
+            live.timer_at = deadline
+            live.timer = self._running_loop().call_at(deadline, self._fire, live)
+
+    def _disarm(self, live: _Live) -> None:
+        if live.timer is not None:
+            live.timer.cancel()
+        live.timer = None
+        live.timer_at = None
+
+    def _fire(self, live: _Live) -> None:
+        at = live.timer_at
+        live.timer = None
+        live.timer_at = None
+        if at is None:
+            return
+        now = max(self._running_loop().time(), at)  # call_at may run a hair early
+        was_busy, self._busy = self._busy, True
+        try:
+            self._apply(live, live.session.handle_timer(now))
+        except Exception as exc:
+            log.error("session timer failed", session_id=live.session.id, error=type(exc).__name__)
+        finally:
+            self._busy = was_busy
+        if not was_busy:
+            self._pump()
+
+    # -- call-control events
+
+    def _on_event(self, event: CallControlEvent) -> None:
+        self._queue.append(event)
+        if len(self._queue) > 10_000:  # bounded: a runaway producer loses old events
+            self._queue.popleft()
+            log.error("call-control event queue full; oldest dropped")
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._busy:
+            return
+        while self._queue:
+            event = self._queue.popleft()
+            try:
+                self._dispatch(event)
+            except Exception as exc:
+                log.error(
+                    "call-control event not handled",
+                    event=type(event).__name__,
+                    call_id=event.call_id,
+                    error=type(exc).__name__,
+                )
+
+    def _dispatch(self, event: CallControlEvent) -> None:
+        if not self._running or isinstance(event, CallUp):
+            return
+        live = self._by_call.get(event.call_id)
+        if live is None:
+            return
+        sid, call_id = live.session.id, event.call_id
+        match event:
+            case Digit(key=key):
+                self._feed(live, KeyPressed(key), None)
+            case CallGone(by=by):
+                self._audit(None, sid, call_id, "call_ended", {"by": by})
+                # the proxy ends a call when the media stops (the caller's side went away,
+                # mostly) or on shutdown; the session knows two causes: caller and agent
+                self._feed(live, CallEnded("agent" if by == "agent" else "caller"), None)
+                self._by_call.pop(call_id, None)
+            case ProviderJoined():
+                self._audit(None, sid, call_id, "provider_joined", {})
+                self._feed(live, ProviderAnswered(), None)
+            case ProviderFailed(reason=reason, status=status):
+                self._audit(
+                    None, sid, call_id, "provider_failed", {"reason": reason, "status": status}
+                )
+                self._feed(live, SessionProviderFailed(reason, status), None)
+            case ProviderLeft():
+                self._audit(None, sid, call_id, "provider_left", {})
+                self._feed(live, ProviderHungUp(), None)
+            case HoldChanged(held=held):
+                self._feed(live, CallerHoldChanged(held), None)
+
+    # -- bookkeeping
+
+    def _evict(self) -> None:
+        while len(self._finished) > self._max_finished:
+            sid, _ = self._finished.popitem(last=False)
+            live = self._sessions.get(sid)
+            if live is None or live.tasks:
+                continue
+            del self._sessions[sid]
+            if self._by_call.get(live.session.call_id) is live:
+                del self._by_call[live.session.call_id]
+
+    def _record(self, live: _Live) -> SessionRecord:
+        return SessionRecord.from_view(
+            live.session.view(),
+            account=live.account,
+            created_at=live.created_wall,
+            updated_at=self._wall(),
+            idempotency_key=live.idempotency_key,
+        )
+
+    def _audit(
+        self,
+        actor: Actor,
+        session_id: str | None,
+        call_id: str | None,
+        action: str,
+        detail: dict[str, Any],
+    ) -> None:
+        role = actor.role if actor is not None else "system"
+        account = actor.account if actor is not None else None
+        try:
+            self.storage.audit(
+                AuditEntry(self._wall(), role, account, session_id, call_id, action, detail)
+            )
+        except sqlite3.Error as exc:  # the payment goes on; the operator sees the gap
+            log.error("audit row not written", action=action, error=type(exc).__name__)
+
+    def _count(self, what: str, **labels: str) -> None:
+        key = as_labels(what=what, **labels)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> list[MetricFamily]:
+        """A :data:`sipproxy.metrics.Collector`: register it with the proxy's registry."""
+        created = sum(v for k, v in self.counts.items() if dict(k)["what"] == "created")
+        finished = {
+            as_labels(result=dict(k)["result"]): v
+            for k, v in self.counts.items()
+            if dict(k)["what"] == "finished"
+        }
+        late = sum(v for k, v in self.counts.items() if dict(k)["what"] == "late_results")
+        live = sum(1 for s in self._sessions.values() if not s.session.finished)
+        return [
+            counter("dtmfmask_payments_created_total", "Payment sessions created.", created),
+            counter(
+                "dtmfmask_payments_finished_total", "Payment sessions ended, by result.", finished
+            ),
+            counter(
+                "dtmfmask_payments_late_results_total",
+                "Provider results after the session ended (reconcile).",
+                late,
+            ),
+            gauge("dtmfmask_payments_live", "Payment sessions in progress.", live),
+        ]
+
+
+def _profile_doc(p: PaymentProfile) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "method": p.method,
+        "purpose": p.purpose,
+        "provider": p.provider,
+        "currency": p.currency,
+        "min_amount": str(p.min_amount),
+        "max_amount": str(p.max_amount),
+        "fields": [f.value for f in p.fields],
+        "masking": p.masking,
+        "show_last_four": p.show_last_four,
+    }
+
+
+def parse_amount(value: object) -> Decimal | None:
+    """A JSON amount (decimal string, or a number read as :class:`Decimal`), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str) and 0 < len(value) <= 32:
+        try:
+            amount = Decimal(value.strip())
+        except ArithmeticError:
+            return None
+        return amount if amount.is_finite() else None
+    return None
