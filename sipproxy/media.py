@@ -30,6 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -39,15 +40,24 @@ from dtmfmask.dedup import DigitDeduplicator
 from dtmfmask.events import DigitEnded, DigitEvent, DigitStarted, Source
 from dtmfmask.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from dtmfmask.masker import MaskConfig, MaskingEngine
-from dtmfmask.rfc4733 import EventReceiver, RtpDigitEnded, RtpDigitStarted, RtpOtherEvent
-from dtmfmask.tones import SAMPLE_RATE
+from dtmfmask.rfc4733 import (
+    EventGenerator,
+    EventPacket,
+    EventReceiver,
+    RtpDigitEnded,
+    RtpDigitStarted,
+    RtpOtherEvent,
+)
+from dtmfmask.tones import SAMPLE_RATE, dtmf_tone
 
+from .holdaudio import HoldAudio
 from .rtp import (
     RtcpError,
     RtpError,
     StreamRewriter,
     build_rtp,
     is_rtcp,
+    parse_rtcp,
     peek_rtp,
     rewrite_rtcp_ssrcs,
     rewrite_rtp_header,
@@ -70,7 +80,7 @@ __all__ = [
 ]
 
 Address = tuple[str, int]
-LegName = Literal["caller", "agent"]
+LegName = Literal["caller", "agent", "provider"]
 Codec = Literal["PCMU", "PCMA"]
 Pcm = npt.NDArray[np.int16]
 
@@ -147,11 +157,21 @@ class MediaConfig:
     max_fill_per_tick: int = 5
     # RFC 4733 press with no end packet is closed after this long
     event_end_timeout_s: float = 1.0
+    # digits waiting for their turn on the provider leg; more are dropped (counted)
+    provider_digit_queue: int = 32
+    # provider audio waiting to be mixed, per destination (samples); more overflows
+    mix_fifo_samples: int = 800
 
     def __post_init__(self) -> None:
         if self.relatch_after_s < 0 or self.media_timeout_s <= 0:
             raise ValueError("relatch_after_s must be >= 0 and media_timeout_s > 0")
-        if self.max_pending_frames < 1 or self.max_outbox < 1 or self.max_fill_per_tick < 1:
+        if (
+            self.max_pending_frames < 1
+            or self.max_outbox < 1
+            or self.max_fill_per_tick < 1
+            or self.provider_digit_queue < 1
+            or self.mix_fifo_samples < 1
+        ):
             raise ValueError("queue bounds must be at least 1")
         if not 0 <= self.slot_slack_s <= 1.0:
             raise ValueError("slot_slack_s must be within 0..1")
@@ -230,6 +250,16 @@ class MediaCounters:
     fail_closed_frames: int = 0  # frames sent as silence because the engine did not run
     digits: int = 0  # key presses published
     duplicate_digits: int = 0  # reports folded into a press already counted
+    # hold, the provider leg and the 3-party mix
+    hold_frames: int = 0  # hold audio frames sent to the caller (paced by the agent)
+    hold_tick_frames: int = 0  # ...and by the timer, while the agent sent nothing
+    mix_agent_frames: int = 0  # agent-bound frames with provider audio mixed in
+    mix_caller_frames: int = 0  # caller-bound frames with provider audio mixed in
+    mix_overflow: int = 0  # provider packets that pushed older audio out of a full FIFO
+    digits_to_provider: int = 0  # key presses sent on the provider leg (events or tones)
+    provider_digits_dropped: int = 0  # digit queue full
+    provider_events_dropped: int = 0  # telephone-event packets the provider sent us
+    provider_unattached: int = 0  # datagrams on the provider socket with no leg attached
 
 
 # --------------------------------------------------------------------------- one leg
@@ -310,9 +340,15 @@ class _Leg:
         "send_rtp",
     )
 
-    def __init__(self, name: LegName, params: LegParams, config: MediaConfig) -> None:
+    def __init__(
+        self,
+        name: LegName,
+        params: LegParams,
+        config: MediaConfig,
+        counters: LegCounters | None = None,
+    ) -> None:
         self.name: LegName = name
-        self.counters = LegCounters()
+        self.counters = LegCounters() if counters is None else counters
         self.rtp = _Latch(config.relatch_after_s, params.remote)
         self.rtcp = _Latch(config.relatch_after_s, None)
         self.out = StreamRewriter.create(ptime_ms=params.ptime_ms)
@@ -333,6 +369,210 @@ class _Leg:
         if rtcp_initial is None and params.remote is not None:
             rtcp_initial = (params.remote[0], params.remote[1] + 1)
         self.rtcp.set_initial(rtcp_initial)
+
+
+# --------------------------------------------------------------------------- the provider
+
+
+class _Fifo:
+    """Provider audio waiting to be mixed toward one destination: at most ``capacity``
+    samples; a push that does not fit pushes the oldest samples out (the provider's clock
+    runs fast, or the destination stopped taking)."""
+
+    __slots__ = ("_buf", "_size", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._buf: Pcm = np.zeros(capacity, np.int16)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def clear(self) -> None:
+        self._size = 0
+
+    def push(self, pcm: Pcm) -> bool:
+        """Append ``pcm``; False if older samples had to go to make room."""
+        cap = self.capacity
+        m = pcm.size
+        size = self._size
+        if m >= cap:
+            self._buf[:] = pcm[m - cap :]
+            self._size = cap
+            return size == 0 and m == cap
+        if size + m > cap:
+            drop = size + m - cap
+            self._buf[: size - drop] = self._buf[drop:size]
+            size -= drop
+            self._buf[size : size + m] = pcm
+            self._size = cap
+            return False
+        self._buf[size : size + m] = pcm
+        self._size = size + m
+        return True
+
+    def take(self, n: int) -> npt.NDArray[np.int32] | None:
+        """The next ``n`` samples (zero-padded if fewer are waiting) as int32 for a
+        saturating add, or None if nothing is waiting."""
+        size = self._size
+        if size == 0:
+            return None
+        k = min(n, size)
+        out = np.zeros(n, np.int32)
+        out[:k] = self._buf[:k]
+        self._buf[: size - k] = self._buf[k:size]
+        self._size = size - k
+        return out
+
+
+def _mix(pcm: Pcm, add: npt.NDArray[np.int32]) -> Pcm:
+    """``pcm + add``, saturating at the 16-bit limits."""
+    out: Pcm = np.clip(pcm.astype(np.int32) + add, -32768, 32767).astype(np.int16)
+    return out
+
+
+DIGIT_SAMPLES = SAMPLE_RATE // 10
+"""A digit on the provider leg lasts 100 ms, whether an RFC 4733 event or an in-band tone."""
+_TONE_GAP = 3 * SAMPLE_RATE // 50  # 60 ms of audio after an in-band tone before the next
+_TONE_RAMP = SAMPLE_RATE // 500  # 2 ms raised-cosine edges: no click, no splatter
+_EVENT_VOLUME = 10  # -dBm0 reported in the events (RFC 4733 §2.3.4): a normal key's level
+
+
+@cache
+def _digit_tone(digit: str) -> Pcm:
+    """100 ms of ``digit`` as a clean in-band key: -7 dBm0 low tone, the high tone 2 dB
+    stronger (normal practice for senders), soft edges."""
+    x = dtmf_tone(digit, DIGIT_SAMPLES, -7.0, twist_db=-2.0)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(_TONE_RAMP) / _TONE_RAMP)
+    x[:_TONE_RAMP] *= ramp
+    x[-_TONE_RAMP:] *= ramp[::-1]
+    tone: Pcm = np.rint(x).astype(np.int16)
+    tone.flags.writeable = False
+    return tone
+
+
+# what the provider stream is doing, slot by slot
+_IDLE, _EVENT, _EVENT_END, _TONE, _TONE_GAP_PHASE = range(5)
+
+
+class _Provider:
+    """The provider leg of a call: its :class:`_Leg`, the mix FIFOs, and the digits on their
+    way to it.
+
+    The stream sent to the provider is all ours (:meth:`StreamRewriter.insert`): one audio
+    packet per slot, each slot a frame of the caller's masked audio (or a timer slot of
+    silence while the caller sends nothing and a digit is under way). A digit replaces the
+    audio of the slots it covers with an RFC 4733 event of :data:`DIGIT_SAMPLES` (the
+    provider's telephone-event type, timestamp fixed at its start, marker on the first
+    packet); its three end packets go one per slot alongside the audio, which resumes with
+    the timestamp advanced by the event's duration. A provider without telephone-event gets
+    a 100 ms in-band tone in place of the audio instead, then at least 60 ms of audio.
+    Digits wait in a queue for the previous one to be done, so they never overlap.
+    """
+
+    __slots__ = (
+        "_adv",
+        "_ev_elapsed",
+        "_ev_end",
+        "_ev_gen",
+        "_gap",
+        "_phase",
+        "_tone",
+        "digits",
+        "leg",
+        "slot_time",
+        "to_agent",
+        "to_caller",
+    )
+
+    def __init__(self, leg: _Leg, config: MediaConfig) -> None:
+        self.leg = leg
+        self.to_agent = _Fifo(config.mix_fifo_samples)
+        self.to_caller = _Fifo(config.mix_fifo_samples)
+        self.digits: deque[str] = deque()
+        self.slot_time = float("-inf")  # when the last slot was sent (media clock)
+        self._adv = 0  # timestamp advance of the next audio packet from the last one sent
+        self._phase = _IDLE
+        self._ev_gen = EventGenerator(interval=SAMPLE_RATE // 50, volume=_EVENT_VOLUME)
+        self._ev_elapsed = 0  # samples of the event so far
+        self._ev_end: list[EventPacket] = []  # end packets still to send
+        self._tone: Pcm | None = None  # tone samples still to send
+        self._gap = 0  # audio samples still to send before the next tone
+
+    @property
+    def busy(self) -> bool:
+        """A digit is being sent or waits: the timer keeps the stream going."""
+        return self._phase != _IDLE or bool(self.digits)
+
+    def _event_packet(self, p: EventPacket, seq: int | None = None) -> bytes:
+        leg = self.leg
+        assert leg.event_pt is not None
+        if seq is None:  # the event's own timestamp goes in, not the stream's
+            seq = leg.out.insert(0)[0]
+        pt = leg.event_pt | 0x80 if p.marker else leg.event_pt
+        return _HDR_PACK(0x80, pt, seq, p.timestamp, leg.out_ssrc) + p.payload
+
+    def slot(self, pcm: Pcm, marker: bool, counters: MediaCounters) -> list[bytes]:
+        """The packets of one slot of ``pcm`` (the caller's masked audio, ``pcm.size``
+        samples), in sending order."""
+        leg = self.leg
+        n = pcm.size
+        phase = self._phase
+        if phase == _IDLE and self.digits and leg.rtp.dest is not None:
+            digit = self.digits.popleft()
+            counters.digits_to_provider += 1
+            if leg.event_pt is not None:
+                seq, ts, _ = leg.out.insert(self._adv)  # the event starts where audio would
+                (first,) = self._ev_gen.start(digit, ts)
+                self._adv = self._ev_elapsed = n
+                self._phase = _EVENT
+                return [self._event_packet(first, seq)]
+            self._tone = _digit_tone(digit)
+            phase = self._phase = _TONE
+        packets: list[bytes] = []
+        if phase == _EVENT:
+            elapsed = self._ev_elapsed
+            if elapsed < DIGIT_SAMPLES:
+                updates = self._ev_gen.advance(elapsed)
+                if updates:
+                    packets.append(self._event_packet(updates[-1]))
+                self._adv += n
+                self._ev_elapsed = elapsed + n
+                return packets
+            self._ev_end = self._ev_gen.stop(DIGIT_SAMPLES)[-self._ev_gen.end_repeats :]
+            phase = self._phase = _EVENT_END
+        if phase == _EVENT_END:
+            packets.append(self._event_packet(self._ev_end.pop(0)))
+            if not self._ev_end:
+                self._phase = _IDLE
+        elif phase == _TONE:
+            tone = self._tone
+            assert tone is not None
+            k = min(n, tone.size)
+            pcm = pcm.copy()
+            pcm[:k] = tone[:k]
+            if k < tone.size:
+                self._tone = tone[k:]
+            else:
+                self._tone = None
+                self._gap = _TONE_GAP - (n - k)
+                self._phase = _TONE_GAP_PHASE if self._gap > 0 else _IDLE
+        elif phase == _TONE_GAP_PHASE:
+            self._gap -= n
+            if self._gap <= 0:
+                self._phase = _IDLE
+        seq, ts, m = leg.out.insert(self._adv, marker=marker)
+        pt = leg.audio_pt | 0x80 if m else leg.audio_pt
+        payload = _encode(leg.codec, pcm).tobytes()
+        packets.append(_HDR_PACK(0x80, pt, seq, ts, leg.out_ssrc) + payload)
+        self._adv = n
+        return packets
+
+    def cancel_digits(self) -> None:
+        """Capture went off: queued digits never go. One under way finishes (its end
+        packets), so the provider's receiver is not left with an open event."""
+        self.digits.clear()
 
 
 # --------------------------------------------------------------------------- the call
@@ -395,6 +635,15 @@ class CallMedia:
         self._fill_until = -1  # keep filling empty slots until the engine has had this much
         self._opened = now
         self._timeout_reported_at: float | None = None  # _last_rx when the timeout was sent
+        # hold, the provider leg, the mix: all off the fast paths while _extra is False
+        self._extra = False  # held or a provider attached
+        self._held = False
+        self._hold_audio: HoldAudio | None = None
+        self._c_slot_time = float("-inf")  # when the last caller-bound hold frame went
+        self._capture = False
+        self._prov: _Provider | None = None
+        self.provider_counters = LegCounters()  # kept across attach/detach, for metrics
+        self._prov_senders: tuple[Sender | None, Sender | None] = (None, None)
 
     def _make_receiver(self, caller: LegParams) -> EventReceiver:
         pts = () if caller.event_payload_type is None else (caller.event_payload_type,)
@@ -403,10 +652,20 @@ class CallMedia:
     # ----------------------------------------------------------------------- public API
 
     def leg(self, name: LegName) -> _Leg:
-        return self.caller if name == "caller" else self.agent
+        """One leg by name; ``KeyError`` for the provider leg while none is attached."""
+        if name == "caller":
+            return self.caller
+        if name == "agent":
+            return self.agent
+        if self._prov is None:
+            raise KeyError("no provider leg attached")
+        return self._prov.leg
 
     def update_leg(self, name: LegName, params: LegParams) -> None:
         """New SDP for one leg (re-INVITE): codec, payload types, SDP addresses."""
+        if name == "provider":
+            self.attach_provider(params, self._opened)
+            return
         leg = self.leg(name)
         leg.update(params)
         self._codecs = (self.caller.codec, self.agent.codec)
@@ -419,10 +678,89 @@ class CallMedia:
 
     def bind_senders(self, leg: LegName, rtp: Sender | None, rtcp: Sender | None) -> None:
         """Send ``leg``'s datagrams with ``rtp(data, address)`` (``rtcp`` for its RTCP
-        socket) as they are made; None puts them in the outbox again."""
+        socket) as they are made; None puts them in the outbox again. The provider leg's
+        senders are kept for the leg attached now or later."""
+        if leg == "provider":
+            self._prov_senders = (rtp, rtcp)
+            if self._prov is None:
+                return
         target = self.leg(leg)
         target.send_rtp = rtp
         target.send_rtcp = rtcp
+
+    # ----------------------------------------------------------------------- provider, hold
+
+    @property
+    def provider(self) -> _Leg | None:
+        """The provider leg, if one is attached."""
+        return None if self._prov is None else self._prov.leg
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def capture(self) -> bool:
+        return self._capture
+
+    def attach_provider(self, params: LegParams, now: float) -> None:
+        """Attach the provider leg (its own stream, SSRC and counters), or give it new
+        params (the provider's SDP answer: address, codec, telephone-event type). While
+        ``params.remote`` is None (and nothing has latched) nothing is sent to it."""
+        del now  # the leg keeps no time of its own until its peer sends
+        prov = self._prov
+        if prov is not None:
+            prov.leg.update(params)
+            return
+        leg = _Leg("provider", params, self.config, self.provider_counters)
+        leg.send_rtp, leg.send_rtcp = self._prov_senders
+        self._prov = _Provider(leg, self.config)
+        self.engine._providers += 1
+        self._set_extra()
+
+    def detach_provider(self) -> None:
+        """Drop the provider leg: the mix and digit forwarding stop (idempotent)."""
+        if self._prov is None:
+            return
+        self._prov = None
+        self.engine._providers -= 1
+        self._set_extra()
+
+    def set_hold(self, held: bool, *, audio: HoldAudio | None = None) -> None:
+        """Hold (True) or retrieve (False) the caller. While held, the caller hears hold
+        audio (``audio``, else the default chime) in place of the agent's audio, paced by
+        the agent's packets and by :meth:`tick` when the agent sends nothing; provider
+        audio is not mixed toward it. Idempotent."""
+        if audio is not None:
+            self._hold_audio = audio
+        if held == self._held:
+            return
+        self._held = held
+        if held:
+            if self._hold_audio is None:
+                self._hold_audio = HoldAudio()
+            self._c_slot_time = float("-inf")
+            if self._prov is not None:
+                self._prov.to_caller.clear()
+        else:
+            # the agent's stream takes over again: re-anchor the caller stream's timestamps
+            # from the hold frames' (the agent's clock moved on while we sent our own)
+            self.caller.out._in_ssrc = None
+        self._set_extra()
+
+    def set_capture(self, on: bool) -> None:
+        """While on and a provider leg is attached, every new digit goes to the provider
+        as a clean RFC 4733 event (or in-band tone). Off: queued digits are dropped."""
+        self._capture = on
+        if not on and self._prov is not None:
+            self._prov.cancel_digits()
+
+    def _set_extra(self) -> None:
+        self._extra = self._held or self._prov is not None
+        if self._extra and not self.closed:
+            self.engine._extra[self.call_id] = self
+        else:
+            self.engine._extra.pop(self.call_id, None)
 
     def datagrams_to_send(self) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -498,6 +836,7 @@ class CallMedia:
                 and send is not None
                 and dst.codec == src.codec
                 and dst.rtp.dest is not None
+                and not self._extra
                 and not self.closed
             ):
                 c = src.counters
@@ -526,6 +865,9 @@ class CallMedia:
         """One datagram that arrived on ``leg``'s RTP socket (its RTCP socket if
         ``rtcp_port``) from ``addr`` at ``now``. Never raises on what the peer sent."""
         if self.closed:
+            return
+        if leg == "provider":
+            self._receive_provider(data, addr, now, rtcp_port)
             return
         src = self.caller if leg == "caller" else self.agent
         if rtcp_port or is_rtcp(data):
@@ -574,8 +916,11 @@ class CallMedia:
 
     def tick(self, now: float) -> None:
         """Timer work, about every 20 ms: masking frames for empty slots during an RFC 4733
-        event, closing events whose end never came, the media timeout."""
+        event, closing events whose end never came, hold audio while the agent is silent,
+        digits to the provider while the caller is silent, the media timeout."""
         self._tick_events(now)
+        if self._extra:
+            self._tick_extra(now)
         self._check_timeout(now)
 
     def _tick_events(self, now: float) -> bool:
@@ -605,6 +950,125 @@ class CallMedia:
         """When :meth:`tick` next has work (seconds): the adapter's timer can sleep until."""
         return self._last_rx + self.config.media_timeout_s
 
+    # ----------------------------------------------------------------------- provider leg
+
+    def _receive_provider(self, data: bytes, addr: Any, now: float, rtcp_port: bool) -> None:
+        """What the provider sends: audio goes into the mix FIFOs; telephone-events are
+        dropped (the provider has no business sending digits anywhere); RTCP is counted,
+        not relayed."""
+        prov = self._prov
+        if prov is None:
+            self.counters.provider_unattached += 1
+            return
+        leg = prov.leg
+        c = leg.counters
+        if rtcp_port or is_rtcp(data):
+            try:
+                parse_rtcp(data)
+            except RtcpError:
+                c.rtcp_malformed += 1
+                return
+            if (leg.rtcp if rtcp_port else leg.rtp).accept(addr, now, c):
+                leg.rtcp_mux = leg.rtcp_mux or not rtcp_port
+                c.rtcp_rx += 1
+            return
+        try:
+            pt, _seq, _ts, ssrc, _marker, start, stop = peek_rtp(data)
+        except RtpError as exc:
+            setattr(c, exc.reason, getattr(c, exc.reason) + 1)
+            return
+        is_audio = pt == leg.audio_pt
+        if not is_audio and pt != leg.event_pt:
+            c.unknown_pt += 1
+            return
+        if stop <= start:
+            c.short += 1
+            return
+        if not leg.rtp.accept(addr, now, c):
+            return
+        c.rx_packets += 1
+        c.rx_bytes += len(data)
+        leg.in_ssrc = ssrc
+        if not is_audio:
+            c.events_rx += 1
+            self.counters.provider_events_dropped += 1
+            return
+        pcm = _decode(leg.codec, data[start:stop])
+        if not prov.to_agent.push(pcm):
+            self.counters.mix_overflow += 1
+        if not self._held and not prov.to_caller.push(pcm):
+            self.counters.mix_overflow += 1
+
+    def _provider_slot(self, pcm: Pcm, now: float) -> None:
+        """One slot of the provider stream: ``pcm`` (masked caller audio), or the digit
+        under way in its place."""
+        prov = self._prov
+        assert prov is not None
+        prov.slot_time = now
+        leg = prov.leg
+        packets = prov.slot(pcm, False, self.counters)
+        addr = leg.rtp.dest
+        if addr is None:
+            leg.counters.no_destination += len(packets)
+            return
+        for packet in packets:
+            self._send(leg, False, addr, packet)
+
+    def _tick_extra(self, now: float) -> None:
+        """Hold frames while the agent is silent; provider slots while the caller is silent
+        and a digit is under way or waiting."""
+        if self.closed:
+            return
+        step = self.caller.params.ptime_ms / 1000.0
+        n = SAMPLE_RATE * self.caller.params.ptime_ms // 1000
+        late = step + self.config.slot_slack_s
+        most = self.config.max_fill_per_tick
+        if self._held:
+            if self._c_slot_time == float("-inf"):
+                self._c_slot_time = now - late
+            made = 0
+            while now - self._c_slot_time >= late and made < most:
+                self._hold_frame(n, now)
+                self.counters.hold_tick_frames += 1
+                self._c_slot_time += step
+                made += 1
+            if now - self._c_slot_time > 4 * step:
+                self._c_slot_time = now - step  # a stalled loop: no burst to catch up
+        prov = self._prov
+        if prov is not None and prov.busy:
+            if now - prov.slot_time > 4 * step:
+                prov.slot_time = now - late
+            made = 0
+            while now - prov.slot_time >= late and made < most:
+                slot_time = prov.slot_time + step
+                self._provider_slot(np.zeros(n, np.int16), now)
+                prov.slot_time = slot_time
+                made += 1
+
+    # ----------------------------------------------------------------------- hold
+
+    def _hold_from_agent(self, n: int, now: float) -> None:
+        """An agent packet paces one hold frame, unless the timer made one just now."""
+        if now - self._c_slot_time < self.caller.params.ptime_ms / 2000.0:
+            return
+        self._hold_frame(n, now)
+        self.counters.hold_frames += 1
+        self._c_slot_time = now
+
+    def _hold_frame(self, n: int, now: float) -> None:
+        dst = self.caller
+        audio = self._hold_audio
+        assert audio is not None
+        pcm = audio.read(n)  # read even with nowhere to send: the pattern keeps its time
+        addr = dst.rtp.dest
+        if addr is None:
+            dst.counters.no_destination += 1
+            return
+        seq, ts, marker = dst.out.insert(n, now=now)
+        pt = dst.audio_pt | 0x80 if marker else dst.audio_pt
+        payload = _encode(dst.codec, pcm).tobytes()
+        self._send(dst, False, addr, _HDR_PACK(0x80, pt, seq, ts, dst.out_ssrc) + payload)
+
     # ----------------------------------------------------------------------- agent -> caller
 
     def _relay_to_caller(
@@ -624,6 +1088,10 @@ class CallMedia:
         if len(self._outbox) >= self.config.max_outbox:
             self.agent.counters.flood += 1
             return
+        if self._held:  # the caller hears hold audio instead; events are not passed on
+            if is_audio:
+                self._hold_from_agent(stop - start, now)
+            return
         if is_audio:
             out_pt = dst.audio_pt
         elif dst.event_pt is not None:
@@ -640,8 +1108,14 @@ class CallMedia:
             self.agent.counters.late += 1
             return
         o_seq, o_ts, o_marker = fields
-        if is_audio and dst.codec != self.agent.codec:
+        add = None
+        if is_audio and self._prov is not None:
+            add = self._prov.to_caller.take(stop - start)
+        if is_audio and (add is not None or dst.codec != self.agent.codec):
             pcm = _decode(self.agent.codec, data[start:stop])
+            if add is not None:
+                pcm = _mix(pcm, add)
+                self.counters.mix_caller_frames += 1
             packet = build_rtp(
                 out_pt,
                 o_seq,
@@ -818,6 +1292,8 @@ class CallMedia:
         if payload is None:
             payload = _encode(dst.codec, np.zeros(frame[1], np.int16)).tobytes()
             self.counters.fail_closed_frames += 1
+            if self._prov is not None:
+                self._provider_slot(np.zeros(frame[1], np.int16), frame[5])
         else:
             self.counters.frames_masked_path += 1
         addr = dst.rtp.dest
@@ -861,6 +1337,13 @@ class CallMedia:
             self.counters.digits += 1
             self._events.append(CallDigit(self.call_id, digit, source, start_ms / 1000.0))
             self.engine._mark_ready(self)
+            prov = self._prov
+            if self._capture and prov is not None:
+                if len(prov.digits) < self.config.provider_digit_queue:
+                    prov.digits.append(digit)
+                    self.engine._extra[self.call_id] = self  # the timer keeps it going
+                else:
+                    self.counters.provider_digits_dropped += 1
         else:
             self.counters.duplicate_digits += 1
 
@@ -897,6 +1380,8 @@ class MediaEngine:
         self._dirty: dict[int, CallMedia] = {}  # calls with frames queued
         self._ready: dict[str, CallMedia] = {}  # calls with datagrams or events waiting
         self._ticking: dict[str, CallMedia] = {}  # calls with RFC 4733 work for the timer
+        self._extra: dict[str, CallMedia] = {}  # calls held or with a provider leg
+        self._providers = 0  # calls with a provider leg: the masked path mixes and forwards
         self._next_sweep = float("-inf")  # media timeouts: checked a few times a second
         self.sweep_interval_s = 0.25
         self.batch_calls = batch_calls
@@ -928,10 +1413,13 @@ class MediaEngine:
         self._by_stream.pop(call.stream, None)
         self._dirty.pop(call.stream, None)
         self._ticking.pop(call.call_id, None)
+        self._extra.pop(call.call_id, None)
+        call.detach_provider()
         call._pending.clear()
         call._n_pending_frames = 0
         call.bind_senders("caller", None, None)
         call.bind_senders("agent", None, None)
+        call.bind_senders("provider", None, None)
         self.masker.remove_stream(call.stream)
 
     @property
@@ -974,6 +1462,10 @@ class MediaEngine:
             for call in list(ticking.values()):
                 if not call._tick_events(now):
                     ticking.pop(call.call_id, None)
+        extra = self._extra
+        if extra:
+            for call in list(extra.values()):
+                call._tick_extra(now)
         if now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval_s
             for call in self.calls.values():
@@ -1026,6 +1518,8 @@ class MediaEngine:
             codes = b"".join([silence if f[0] is None else f[0] for f in frames])
             pcm = _decode(law_in, codes).reshape(k, n)
             out, events = self.masker.process(sids, pcm)
+            if self._providers:
+                self._provider_pass(calls, frames, out)
             encoded = _encode(law_out, out).tobytes()
         except Exception:
             for call, frame in zip(calls, frames, strict=True):
@@ -1068,6 +1562,21 @@ class MediaEngine:
                 if i >= 0:
                     c = calls[i]
                     c._on_engine_event(ev, frames[i], self.masker.position(c.stream))
+
+    def _provider_pass(self, calls: list[CallMedia], frames: list[_Frame], out: Pcm) -> None:
+        """For the calls with a provider leg: send the masked frame on it (before the mix,
+        so the provider hears the caller, not itself), then mix the provider's audio into
+        the agent-bound frame, in place."""
+        for i, call in enumerate(calls):
+            prov = call._prov
+            if prov is None:
+                continue
+            row = out[i]
+            call._provider_slot(row, frames[i][5])
+            add = prov.to_agent.take(row.size)
+            if add is not None:
+                out[i] = _mix(row, add)
+                call.counters.mix_agent_frames += 1
 
     def ready_calls(self) -> list[CallMedia]:
         """Calls with datagrams or events waiting (each once), and forget them."""

@@ -1,7 +1,8 @@
 """The asyncio adapter of the media plane: sockets and timers around :mod:`sipproxy.media`.
 
 Each call gets two port pairs on the media address, one per leg (even RTP port, RTCP on the
-next one), from a configured range. Every datagram goes straight into the call's
+next one), from a configured range, and a third while a payment provider is conferenced in
+(:meth:`MediaRelay.open_provider`). Every datagram goes straight into the call's
 :class:`~sipproxy.media.CallMedia` (RTP through its fast entries ``rx_caller``/``rx_agent``),
 and what the call sends goes straight to the socket's ``sendto``: the agent-to-caller
 direction never waits for anything.
@@ -117,8 +118,8 @@ class RelayCounters:
 
 
 def _tx_of(media: CallMedia) -> int:
-    c, a = media.caller.counters, media.agent.counters
-    return c.tx_packets + c.rtcp_tx + a.tx_packets + a.rtcp_tx
+    c, a, p = media.caller.counters, media.agent.counters, media.provider_counters
+    return c.tx_packets + c.rtcp_tx + a.tx_packets + a.rtcp_tx + p.tx_packets + p.rtcp_tx
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -133,9 +134,15 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.leg: LegName = leg
         self.rtcp = rtcp
         self.transport: asyncio.DatagramTransport | None = None
-        self.rx: Callable[[bytes, Any, float], None] = (
-            self._rx_rtcp if rtcp else call.rx_caller if leg == "caller" else call.rx_agent
-        )
+        self.rx: Callable[[bytes, Any, float], None]
+        if rtcp:
+            self.rx = self._rx_rtcp
+        elif leg == "caller":
+            self.rx = call.rx_caller
+        elif leg == "agent":
+            self.rx = call.rx_agent
+        else:
+            self.rx = self._rx_provider
         self.time: Callable[[], float] = relay._time
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,6 +161,9 @@ class _Endpoint(asyncio.DatagramProtocol):
     def _rx_rtcp(self, data: bytes, addr: Any, now: float) -> None:
         self.call.receive(self.leg, data, addr, now, rtcp_port=True)
 
+    def _rx_provider(self, data: bytes, addr: Any, now: float) -> None:
+        self.call.receive("provider", data, addr, now)
+
     def error_received(self, exc: Exception) -> None:
         self.counters.socket_errors += 1  # e.g. ICMP port unreachable from a peer
 
@@ -163,13 +173,15 @@ class _Endpoint(asyncio.DatagramProtocol):
 
 @dataclass(slots=True)
 class CallEndpoints:
-    """The sockets of one call. RTCP ports are RTP + 1 (when RTCP sockets are on)."""
+    """The sockets of one call. RTCP ports are RTP + 1 (when RTCP sockets are on);
+    ``provider_port`` is 0 while no provider leg is open."""
 
     call_id: str
     media: CallMedia
     caller_port: int
     agent_port: int
     endpoints: dict[tuple[LegName, bool], _Endpoint] = field(default_factory=dict)
+    provider_port: int = 0
 
     def transport(self, leg: LegName, rtcp: bool) -> asyncio.DatagramTransport | None:
         ep = self.endpoints.get((leg, rtcp)) or self.endpoints.get((leg, False))
@@ -242,6 +254,54 @@ class MediaRelay:
             self._schedule_tick(loop.time() + self.config.tick_s)
         return handle
 
+    async def open_provider(self, call_id: str) -> int:
+        """Bind the provider leg's RTP/RTCP pair for a call (from the same port range) and
+        hand its senders to the call's media; returns the RTP port. The media's provider
+        leg itself is attached by :meth:`CallMedia.attach_provider`. Raises ``KeyError``
+        for an unknown call, ``ValueError`` if the call has a provider pair already,
+        :class:`PortsExhausted` if the range is full."""
+        handle = self.calls[call_id]
+        if handle.provider_port:
+            raise ValueError(f"call {call_id!r} already has a provider leg")
+        try:
+            port = await self._bind_pair(handle, "provider")
+        except BaseException:
+            self._close_endpoints(handle, "provider")
+            raise
+        if self.calls.get(call_id) is not handle:  # the call ended while we were binding
+            self._close_endpoints(handle, "provider")
+            self._used.discard(port)
+            raise KeyError(call_id)
+        handle.provider_port = port
+        rtp = handle.transport("provider", False)
+        rtcp = handle.endpoints.get(("provider", True))
+        handle.media.bind_senders(
+            "provider",
+            None if rtp is None else rtp.sendto,
+            None if rtcp is None or rtcp.transport is None else rtcp.transport.sendto,
+        )
+        return port
+
+    def close_provider(self, call_id: str) -> None:
+        """Close a call's provider sockets, free the port pair, detach the provider leg
+        from its media (idempotent; nothing for an unknown call)."""
+        handle = self.calls.get(call_id)
+        if handle is None:
+            return
+        handle.media.detach_provider()
+        handle.media.bind_senders("provider", None, None)
+        self._close_endpoints(handle, "provider")
+        if handle.provider_port:
+            self._used.discard(handle.provider_port)
+            handle.provider_port = 0
+
+    @staticmethod
+    def _close_endpoints(handle: CallEndpoints, leg: LegName) -> None:
+        for rtcp in (False, True):
+            ep = handle.endpoints.pop((leg, rtcp), None)
+            if ep is not None and ep.transport is not None:
+                ep.transport.close()
+
     def close_call(self, call_id: str) -> None:
         """Close a call's sockets and free its ports and engine stream (idempotent)."""
         handle = self.calls.pop(call_id, None)
@@ -272,9 +332,10 @@ class MediaRelay:
             if ep.transport is not None:
                 ep.transport.close()
         handle.endpoints.clear()
-        for port in (handle.caller_port, handle.agent_port):
+        for port in (handle.caller_port, handle.agent_port, handle.provider_port):
             if port:
                 self._used.discard(port)
+        handle.provider_port = 0
         self.engine.close_call(handle.media)
 
     # ----------------------------------------------------------------------- ports
