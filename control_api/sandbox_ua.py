@@ -412,6 +412,7 @@ class SandboxDialog:
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
         self._latched = False
+        self._sdp_remote: Addr | None = None
         self._ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
         self._ts_base = secrets.randbits(32)
@@ -478,8 +479,10 @@ class SandboxDialog:
         if choice.event_pt != self.event_pt or self._receiver is None:
             self.event_pt = choice.event_pt
             self._receiver = EventReceiver(() if choice.event_pt is None else (choice.event_pt,))
-        if not self._latched or choice.remote is None:
-            self.remote_media = choice.remote
+        if choice.remote != self._sdp_remote or not self._latched:
+            # A new address in the SDP (or hold's null address) wins over what we latched.
+            self._sdp_remote = self.remote_media = choice.remote
+            self._latched = False
         self.direction = choice.direction
 
     def _on_rtp(self, data: bytes, addr: Addr, now: float) -> None:

@@ -4,15 +4,20 @@ with raw SIP over UDP from the test (retransmissions, CANCEL, rejections, hang-u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
+import signal
+import socket
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from control_api.sandbox_ua import SandboxDialog, SandboxUA, main
 from dtmfmask.rfc4733 import EventGenerator
@@ -292,7 +297,13 @@ def test_answer_retransmitted_invite_ack_media_digits_and_bye() -> None:
             peer.close()
             await ua.close()
 
-    run(scenario())
+    with capture_logs() as logs:
+        run(scenario())
+    (ended,) = [e for e in logs if e["event"] == "sandbox call ended"]
+    assert ended["key_presses"] == 3 and ended["by"] == "remote"
+    # A count only: no digit value in any log line (call ids hold the pid: left out).
+    values = [str(v) for e in logs for k, v in e.items() if k not in ("call_id", "key_presses")]
+    assert not [v for v in values if "57" in v or v in ("3", "5", "7")]
 
 
 def test_unacknowledged_200_is_retransmitted_doubling_then_ended_with_bye() -> None:
@@ -303,14 +314,20 @@ def test_unacknowledged_200_is_retransmitted_doubling_then_ended_with_bye() -> N
             loop = asyncio.get_running_loop()
             call.send_invite()
             await call.answered()
-            times = [loop.time()]
-            for _ in range(5):
-                await call.expect(200)
-                times.append(loop.time())
-            gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert gaps[1] > gaps[0] * 1.4 and gaps[2] > gaps[1] * 1.4  # 20, 40, 80 ms...
-            assert max(gaps) < 0.3  # ...capped at T2 = 160 ms
-            bye = await call.expect("BYE", timeout=3.0)  # after 64*T1 = 1.28 s
+            first = loop.time()
+            bye_task = asyncio.create_task(call.expect("BYE", timeout=3.0))
+            times = []
+            while not bye_task.done():
+                with contextlib.suppress(TimeoutError):
+                    await call.expect(200, timeout=0.05)
+                    times.append(loop.time() - first)
+            # Timers fire late, never early: retransmission k comes no sooner than
+            # 20, 60, 140, 300 ms (T1 doubling), and at T2 = 160 ms steps after that, so
+            # some 10 of them fit in 64*T1 = 1.28 s (6 if the interval were not capped).
+            for k, at in enumerate((0.02, 0.06, 0.14, 0.30)):
+                assert times[k] > at - 0.01
+            assert 8 <= len(times) <= 11
+            bye = bye_task.result()
             assert bye.headers.get("To").startswith("<sip:caller@")  # the remote party
             assert call.ok is not None and bye.from_.tag == call.ok.to.tag
             assert bye.uri == f"sip:caller@{HOST}:{peer.port}"  # our Contact, the target
@@ -549,3 +566,36 @@ def test_cli_rejects_a_bad_listen_address(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["--listen", "nonsense"])
     assert re.search(r"host:port", capsys.readouterr().err)
+
+
+def test_cli_runs_the_ua_alone_until_sigterm() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+
+    async def scenario() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_api.sandbox_ua", "--listen", f"{HOST}:{port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        peer = await UdpPeer.open()
+        try:
+            probe = Call(SandboxUA(HOST, port), peer, "sandbox")
+            async with asyncio.timeout(10):
+                while True:
+                    probe.send(probe.request("OPTIONS"))
+                    with contextlib.suppress(TimeoutError):
+                        await probe.expect(200, timeout=0.2)
+                        break
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 5) == 0
+            assert proc.stderr is not None
+            err = (await proc.stderr.read()).decode()
+            assert "sandbox ua listening" in err and "Traceback" not in err
+        finally:
+            peer.close()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    run(scenario())
