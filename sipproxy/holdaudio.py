@@ -67,6 +67,7 @@ def hold_loop(pattern: HoldPattern = HoldPattern()) -> Pcm:
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(n_attack) / n_attack)
     env[:n_attack] *= ramp
     env[-n_attack:] *= ramp[::-1]  # fade to zero: no click, no overlap with the next note
+    env /= env.max()  # the peak is at the level asked for
     amplitude = dbm0_to_amplitude(pattern.level_dbm0)
     out = np.zeros(n_cycle, dtype=np.float64)
     step = round((pattern.note_s + pattern.gap_s) * SAMPLE_RATE)
