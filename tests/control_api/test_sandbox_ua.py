@@ -599,3 +599,60 @@ def test_cli_runs_the_ua_alone_until_sigterm() -> None:
                 await proc.wait()
 
     run(scenario())
+
+
+def test_mutated_messages_are_dropped_or_answered_never_an_internal_error() -> None:
+    """Seeded byte flips, truncations and splices of valid requests: every one is either
+    malformed (counted) or handled; nothing escapes as an internal error."""
+    import random
+
+    async def scenario() -> None:
+        ua, peer = await open_ua(t1=0.05)
+        try:
+            call = Call(ua, peer, "sandbox")
+            seeds = [
+                call.request("INVITE", body=call.offer()).serialize(),
+                call.request(
+                    "INVITE", body=call.offer(fmts="8 0 101", direction="inactive")
+                ).serialize(),
+                call.request("OPTIONS").serialize(),
+                call.request("CANCEL").serialize(),
+                call.request("BYE", to=f"<sip:sandbox@{HOST}>;tag=x").serialize(),
+                call.request("ACK", to=f"<sip:sandbox@{HOST}>;tag=x").serialize(),
+            ]
+            rng = random.Random(4733)
+            addr = (HOST, peer.port)
+            alphabet = b"\r\n :;<>@=0123456789abc/\x00\xff-"
+            for i in range(3000):
+                data = bytearray(rng.choice(seeds))
+                for _ in range(rng.randint(1, 4)):
+                    at = rng.randrange(len(data))
+                    op = rng.random()
+                    if op < 0.5:
+                        data[at] = rng.choice(alphabet)
+                    elif op < 0.75:
+                        del data[at : at + rng.randint(1, 20)]
+                    else:
+                        data[at:at] = rng.choice(seeds)[: rng.randint(1, 40)]
+                ua._on_datagram(bytes(data), addr)
+                if i % 200 == 0:
+                    await asyncio.sleep(0)  # let answer tasks run
+            offer = call.offer(fmts="0 8 101 13")
+            for i in range(500):  # well-formed SIP, broken SDP: 400 / 488 / an answer
+                body = list(offer)
+                for _ in range(rng.randint(1, 3)):
+                    at = rng.randrange(len(body))
+                    body[at : at + rng.randint(0, 3)] = rng.choice(" 0189:/=\r\nx")
+                invite = Call(ua, peer, "sandbox").request("INVITE", body="".join(body))
+                ua._on_datagram(invite.serialize(), addr)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+            assert ua.counters.internal_errors == 0
+            assert ua.counters.malformed > 100  # the mutations did break things
+            assert ua.counters.invites > 500
+        finally:
+            peer.close()
+            await ua.close()
+
+    run(scenario())
