@@ -359,6 +359,15 @@ class _ClientTx:
     done: asyncio.Future[int | None]
 
 
+def _contact_uri(request: SipRequest) -> str | None:
+    """The remote target (§12.1.1); None when the Contact is absent or "*" (then the BYE
+    goes back where the INVITE came from)."""
+    contact = request.headers.get("Contact")
+    if not contact or contact.strip() == "*":
+        return None
+    return str(parse_name_addr(contact).uri)
+
+
 class SandboxDialog:
     """One call at the sandbox provider: its SIP dialog, its media and its digits.
 
@@ -386,8 +395,7 @@ class SandboxDialog:
         self.remote_tag = from_.tag or ""
         self.remote_header = invite.headers.get("From") or ""
         self.local_header = str(invite.to.with_tag(local_tag))
-        contact = invite.headers.get("Contact")
-        self.remote_target: str | None = str(parse_name_addr(contact).uri) if contact else None
+        self.remote_target = _contact_uri(invite)
         self.route_set: list[str] = invite.headers.get_all("Record-Route")
         self.remote_cseq = invite.cseq.number
         self.local_cseq = secrets.randbelow(1 << 16) + 1

@@ -483,6 +483,15 @@ def test_options_junk_unknown_dialogs_reinvite_and_late_offer() -> None:
             ghost.send(ghost.request("REGISTER"))
             assert (await ghost.expect(405)).headers.get("Allow")
 
+            star = Call(ua, peer, "sandbox")
+            star.send(
+                star.request("INVITE", body=star.offer())
+                .serialize()
+                .replace(f"Contact: <sip:caller@{HOST}:{peer.port}>".encode(), b"Contact: *")
+            )
+            await star.answered()  # and its BYE would go back to the INVITE's source
+            assert star.dialog.remote_target is None
+
             g729 = Call(ua, peer, "sandbox")
             g729.send_invite(g729.offer(fmts="18"))
             await g729.expect(488)
