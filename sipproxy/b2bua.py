@@ -220,7 +220,8 @@ class B2BConfig:
 
 @dataclass(eq=False)
 class Call:
-    """One call: the caller's leg (we are its UAS) and the PBX leg (we are its UAC)."""
+    """One call: the caller's leg (we are its UAS) and the PBX leg (we are its UAC), and
+    during a payment the provider leg (we are its UAC too)."""
 
     id: str
     a_invite: SipRequest
@@ -363,6 +364,11 @@ class B2BUA:
                 out += self._sends(self._provider_not_answering(leg, now))
         return out
 
+    def transport_error(self, key: TransactionKey, now: float) -> list[SendMessage]:
+        """The adapter could not send a message of transaction ``key`` (``SendMessage.key``):
+        the transaction ends as if it had timed out (a provider leg fails with ``error``)."""
+        return self._handle(self.layer.transport_error(key, now), now, None)
+
     def hangup(self, call: Call, now: float, reason: str) -> list[SendMessage]:
         """End ``call`` from the proxy's side (media timeout, drain, shutdown): BYE both legs,
         or cancel/refuse whatever is still being set up."""
@@ -406,8 +412,8 @@ class B2BUA:
                 self._on_ack(ev.request)
             elif isinstance(ev, TransactionTimeout):
                 out += self._on_timeout(ev.key, ev.timer, now)
-            elif isinstance(ev, TransportError):
-                self._provider_timeout(ev.key)
+            elif isinstance(ev, TransportError):  # as if it had timed out (§17.1.4)
+                out += self._on_timeout(ev.key, "transport", now)
         return self._sends(out)
 
     @staticmethod
@@ -868,7 +874,8 @@ class B2BUA:
                     self._orphan(call.b_key, dialog, self.config.pbx, call.acks[call.b_key])
                     out += self._bye(call, "pbx", now)
             if status >= 200:
-                out += self._end(call, "caller", now)  # or call.end_by: who cancelled
+                out += self._end(call, "caller", now)  # call.end_by, if set, says who cancelled
+
             return out
         body = b""
         if response.body and response.status < 300:
@@ -934,7 +941,6 @@ class B2BUA:
             self._events.append(CallAnswered(call.id))
             log.info("call answered", call=call.id)
             return out
-
         # a final failure: pass it on (401/407 challenges included) and forget the call
         self.counters.calls_failed += 1
         out = self.layer.send_response(
@@ -1045,9 +1051,8 @@ class B2BUA:
         return out
 
     def _on_timeout(self, key: TransactionKey, timer: str, now: float) -> list[Event]:
-        if self._provider_timeout(key):
+        if self._provider_transaction_lost(key):
             return []
-
         call = next(
             (c for c in self.calls if key in (c.a_key, c.b_key) or key in c.forwarded), None
         )
@@ -1076,7 +1081,6 @@ class B2BUA:
             out += self._bye(call, "caller", now) + self._bye(call, "pbx", now)
             out += self._end(call, "proxy", now)
             return out
-
         if timer == "L" and call.local_offer is not None:
             call.local_offer = None  # no ACK (so no answer) for the offer we made in a 2xx
         return []
@@ -1137,9 +1141,9 @@ class B2BUA:
         if call is None or call.provider is None:
             return []
         log.info("provider leg released", call=call.id)
-        return self._sends(self._release_leg(call, call.provider, now))
+        return self._sends(self._release_leg(call.provider, now))
 
-    def _release_leg(self, call: Call, leg: ProviderLeg, now: float) -> list[Event]:
+    def _release_leg(self, leg: ProviderLeg, now: float) -> list[Event]:
         self._detach(leg)
         if leg.state == "up":
             return self._provider_bye(leg, now)
@@ -1192,7 +1196,7 @@ class B2BUA:
         self._provider_failed(leg, "no_answer", None)
         return self.layer.cancel(leg.key, now)
 
-    def _provider_timeout(self, key: TransactionKey) -> bool:
+    def _provider_transaction_lost(self, key: TransactionKey) -> bool:
         """A timeout or transport error on a provider leg's transaction. True if it was
         the leg's INVITE: no final response ever came (``error``, unless cancelled)."""
         for leg in self._providers.values():
@@ -1240,10 +1244,10 @@ class B2BUA:
         if leg.state == "cancelled":  # the 2xx crossed our CANCEL (§9.1): hang it up
             log.info("provider answered after cancel: hung up", call=leg.call_id)
             return out + self._provider_bye(leg, now)
-        media, failure = self._provider_answer(leg, response)
-        if media is None:
-            log.warning("provider answer unusable", call=leg.call_id, reason=failure)
-            self._provider_failed(leg, failure, response.status)
+        media = self._provider_answer(leg, response)
+        if not isinstance(media, LegMedia):
+            log.warning("provider answer unusable", call=leg.call_id, reason=media)
+            self._provider_failed(leg, media, response.status)
             return out + self._provider_bye(leg, now)
         leg.state = "up"
         leg.answer_due = None
@@ -1255,18 +1259,18 @@ class B2BUA:
 
     def _provider_answer(
         self, leg: ProviderLeg, response: SipResponse
-    ) -> tuple[LegMedia | None, ProviderFailure]:
+    ) -> LegMedia | ProviderFailure:
         """The provider's media from its SDP answer, or why it cannot be used."""
         try:
             answer = parse_sdp(response.body)
             neg = negotiate(leg.offer, answer)
         except (SdpError, ValueError):  # no SDP, or not an answer to our offer
-            return None, "error"
+            return "error"
         if neg.rejected or neg.codec_answer is None:
-            return None, "rejected"
+            return "rejected"
         leg.remote_sdp = answer
         negotiated = (neg.codec_answer, neg.telephone_event_answer)
-        return _leg_media(answer, negotiated, neg.media_index), "error"
+        return _leg_media(answer, negotiated, neg.media_index)
 
     def _refuse_provider_fork(
         self, leg: ProviderLeg, response: SipResponse, now: float
@@ -1384,7 +1388,7 @@ class B2BUA:
         call.state = "ended"
         out: list[Event] = []
         if call.provider is not None:
-            out += self._release_leg(call, call.provider, now)
+            out += self._release_leg(call.provider, now)
         self.counters.calls_ended += 1
         self._calls.pop(call.a_invite.call_id, None)
         if call.b_call_id is not None:

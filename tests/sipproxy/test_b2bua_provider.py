@@ -298,6 +298,23 @@ def test_no_response_at_all_is_an_error_after_timer_b() -> None:
     assert j.media.provider == [(j.call_id, None)]
 
 
+def test_a_transport_error_on_the_invite_is_an_error_at_once() -> None:
+    j = joined()
+    call = j.b2b.call_by_id(j.call_id)
+    assert call is not None and call.provider is not None
+    assert j.b2b.transport_error(call.provider.key, 1.01) == []
+    assert j.events() == [ProviderLegFailed(j.call_id, "error", None)]
+    assert call.provider is None and j.media.provider == [(j.call_id, None)]
+    # the same on the PBX leg of a ringing call: the caller gets 408, the call ends
+    b2b, media = make()
+    receive(b2b, media, invite(), CALLER, 0.0)
+    (ringing,) = b2b.calls
+    assert ringing.b_key is not None
+    out = b2b.transport_error(ringing.b_key, 0.1)
+    assert [r.status for r in responses(out, CALLER)] == [408]
+    assert b2b.take_call_events() == [CallEnded(ringing.id, "proxy")]
+
+
 # -- release ---------------------------------------------------------------------------------------
 
 
