@@ -640,6 +640,7 @@ class SandboxUA:
         self._client: dict[str, _ClientTx] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._media_task: asyncio.Task[None] | None = None
+        self._media_wake = asyncio.Event()
         self._port_cursor = 0
 
     # -- lifecycle
@@ -1030,6 +1031,7 @@ class SandboxUA:
         )
         if dialog.state == "ringing":
             dialog._set_state("answered")
+        self._media_wake.set()
 
     async def _bind_media(self, dialog: SandboxDialog) -> None:
         """An RTP/RTCP pair: even RTP port, RTCP on the next (RFC 3550 §11)."""
@@ -1100,6 +1102,7 @@ class SandboxUA:
                 return
             dialog._apply(choice)
             dialog._prompt = _prompt_frames(dialog.codec or "PCMU", self.prompt)
+        self._media_wake.set()
         if dialog.state == "answered":
             dialog._set_state("confirmed")
             if dialog.behaviour == "hangup":
@@ -1273,12 +1276,17 @@ class SandboxUA:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         while True:
+            sending = [d for d in self._active.values() if d.sending]
+            if not sending:  # idle: no wake-ups until a 200 or an ACK may start a stream
+                self._media_wake.clear()
+                await self._media_wake.wait()
+                next_tick = loop.time()
+                continue
             now = loop.time()
             if now - next_tick > _MAX_CATCH_UP * _FRAME_S:
                 next_tick = now  # the loop stalled: re-anchor, the dialogs' ts follow the clock
-            for dialog in list(self._active.values()):
-                if dialog.sending:
-                    dialog._send_frame(now)
+            for dialog in sending:
+                dialog._send_frame(now)
             next_tick += _FRAME_S
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
 
