@@ -24,7 +24,13 @@ from dtmfmask.rfc4733 import EventGenerator
 from sipproxy.rtp import build_rtp, peek_rtp
 from sipproxy.sdp import parse_sdp
 from sipproxy.sipmessage import SipRequest, SipResponse, build_response, parse_message
-from tests.e2e.baresip import BaresipUA, BaresipUnavailable, baresip_path
+from tests.e2e.baresip import (
+    BaresipUA,
+    BaresipUnavailable,
+    baresip_path,
+    claim_port_block,
+    release_port_block,
+)
 from tests.sipproxy.sippeers import UdpPeer
 
 pytestmark = pytest.mark.timeout(30)
@@ -665,3 +671,29 @@ def test_mutated_messages_are_dropped_or_answered_never_an_internal_error() -> N
             await ua.close()
 
     run(scenario())
+
+
+def test_rtp_port_range_gives_even_pairs_then_503() -> None:
+    base = claim_port_block(4)
+
+    async def scenario() -> None:
+        ua, peer = await open_ua(t1=0.05, rtp_ports=(base, base + 3))
+        try:
+            ports = []
+            for _ in range(2):
+                call = Call(ua, peer, "sandbox")
+                call.send_invite()
+                ports.append(media_port(await call.answered()))
+            assert sorted(ports) == [base, base + 2]
+            full = Call(ua, peer, "sandbox")
+            full.send_invite()
+            assert (await full.expect(503)).headers.get("Retry-After")
+            assert ua.counters.ports_exhausted == 1
+        finally:
+            peer.close()
+            await ua.close()
+
+    try:
+        run(scenario())
+    finally:
+        release_port_block(base, 4)
