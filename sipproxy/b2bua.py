@@ -95,6 +95,7 @@ _CARRIED_RESPONSE = ("WWW-Authenticate", "Proxy-Authenticate", "Retry-After", "W
 _DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
 _MAX_FORWARDS = 70
 _ORPHANS_MAX = 1024  # client INVITEs of ended calls whose late 2xx still needs an ACK
+_EVENTS_MAX = 65_536  # call events waiting for take_call_events (drained after each input)
 _RPORT = re.compile(r";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
 
 
@@ -295,6 +296,10 @@ class B2BCounters:
     options_answered: int = 0
     glare: int = 0
     loops: int = 0
+    providers_dialled: int = 0
+    providers_answered: int = 0
+    providers_failed: int = 0
+    events_dropped: int = 0  # call events beyond _EVENTS_MAX not taken (an adapter bug)
 
 
 class B2BUA:
@@ -348,6 +353,12 @@ class B2BUA:
         """What happened to calls and provider legs since the last call, in order."""
         out, self._events = self._events, []
         return out
+
+    def _emit(self, event: CallEvent) -> None:
+        if len(self._events) >= _EVENTS_MAX:  # nobody takes them: bounded all the same
+            self.counters.events_dropped += 1
+            return
+        self._events.append(event)
 
     # -- input -------------------------------------------------------------------------------
     def receive(
@@ -938,7 +949,7 @@ class B2BUA:
             call.state = "up"
             call.answered_at = now
             self.counters.calls_answered += 1
-            self._events.append(CallAnswered(call.id))
+            self._emit(CallAnswered(call.id))
             log.info("call answered", call=call.id)
             return out
         # a final failure: pass it on (401/407 challenges included) and forget the call
@@ -1131,6 +1142,7 @@ class B2BUA:
         )
         call.provider = leg
         self._providers[leg.sip_call_id] = leg
+        self.counters.providers_dialled += 1
         log.info("provider leg dialled", call=call.id, destination=destination)
         return self._sends(out)
 
@@ -1167,8 +1179,9 @@ class B2BUA:
         self, leg: ProviderLeg, reason: ProviderFailure, status: int | None
     ) -> None:
         if self._detach(leg):
+            self.counters.providers_failed += 1
             log.info("provider leg failed", call=leg.call_id, reason=reason, status=status)
-            self._events.append(ProviderLegFailed(leg.call_id, reason, status))
+            self._emit(ProviderLegFailed(leg.call_id, reason, status))
 
     def _provider_gone(self, leg: ProviderLeg) -> None:
         """Forget the leg; a 2xx that comes again for its INVITE is still ACKed."""
@@ -1251,8 +1264,10 @@ class B2BUA:
             return out + self._provider_bye(leg, now)
         leg.state = "up"
         leg.answer_due = None
+        self.counters.providers_answered += 1
+
         self.media.provider_media(leg.call_id, media)
-        self._events.append(ProviderLegAnswered(leg.call_id, media))
+        self._emit(ProviderLegAnswered(leg.call_id, media))
         log.info("provider leg answered", call=leg.call_id, codec=media.codec,
                  telephone_event=media.telephone_event_pt is not None)  # fmt: skip
         return out
@@ -1308,7 +1323,7 @@ class B2BUA:
             self._provider_gone(leg)
             if self._detach(leg):
                 log.info("provider hung up", call=leg.call_id)
-                self._events.append(ProviderLegEnded(leg.call_id))
+                self._emit(ProviderLegEnded(leg.call_id))
             return out
         if method in ("INVITE", "UPDATE"):
             if leg.local_offer is not None:
@@ -1394,7 +1409,7 @@ class B2BUA:
         if call.b_call_id is not None:
             self._calls.pop(call.b_call_id, None)
         self._by_id.pop(call.id, None)
-        self._events.append(CallEnded(call.id, call.end_by or by))
+        self._emit(CallEnded(call.id, call.end_by or by))
         if self._waiting_media.pop(call.id, None) is not None:
             return out  # media_ready will release what the adapter opened
         for key, ack in call.acks.items():

@@ -580,6 +580,37 @@ def test_a_caller_cancel_while_media_opens_ends_the_call_without_dialling_the_pb
     assert b2b.counters.calls_ended == b2b.counters.calls_started == 1
 
 
+def test_provider_counters_and_events_are_bounded_if_nobody_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    j = joined()
+    j.answer()
+    j.b2b.release_provider(j.call_id, 2.0)
+    out = j.b2b.join_provider(j.call_id, URI, PROVIDER_PORT, "PCMU", 3.0, 20.0)
+    (inv,) = to_provider(out)
+    j.send(build_response(inv, 486, to_tag="tp"), 3.1)
+    b = j.b2b.counters
+    assert (b.providers_dialled, b.providers_answered, b.providers_failed) == (2, 1, 1)
+    monkeypatch.setattr("sipproxy.b2bua._EVENTS_MAX", 2)
+    j.b2b.take_call_events()
+    for _ in range(3):
+        out = j.b2b.join_provider(j.call_id, URI, PROVIDER_PORT, "PCMU", 4.0, 20.0)
+        j.send(build_response(to_provider(out)[0], 486, to_tag="tp"), 4.1)
+    assert len(j.events()) == 2 and b.events_dropped == 1
+
+
+def test_the_provider_record_route_is_followed_in_ack_and_bye() -> None:
+    j = joined()
+    ok = provider_ok(j.invite)
+    ok.headers.add("Record-Route", "<sip:10.0.0.7;lr>")
+    out = j.send(ok, 1.2)
+    (ack,) = to_provider(out)
+    assert ack.headers.get_all("Route") == ["<sip:10.0.0.7;lr>"]
+    (bye,) = to_provider(j.b2b.release_provider(j.call_id, 2.0))
+    assert bye.headers.get_all("Route") == ["<sip:10.0.0.7;lr>"]
+    assert bye.uri == "sip:sandbox@127.0.0.1:5090"
+
+
 # -- helpers of providerleg ------------------------------------------------------------------------
 
 
