@@ -63,7 +63,7 @@ POSTAL = "94107"
 SPECIAL = {
     DECLINE: ("0728", "318"),
     PROCESSING_ERROR: ("0628", "427"),
-    TIMEOUT_CARD: ("0528", "536"),
+    TIMEOUT_CARD: ("0528", "683"),
 }
 ALL_CARDS = {**CARDS, **SPECIAL}
 DETAILS = SetDetails(Decimal("12.50"), "GBP", BillingDetails("Ada Lovelace", "12 Baker St"))
@@ -82,7 +82,9 @@ def secrets() -> list[str]:
 def assert_no_leak(*texts: str) -> None:
     blob = "\n".join(texts)
     for secret in secrets():
-        assert secret not in blob, f"card data leaked: {len(secret)} digits found"
+        at = blob.find(secret)
+        where = blob[max(0, at - 60) : at].replace(secret, "#") if at >= 0 else ""
+        assert at < 0, f"card data leaked: {len(secret)} digits found after {where!r}"
 
 
 def keys_for(pan: str) -> str:
