@@ -853,7 +853,8 @@ class B2BUA:
             if call is not None and key in call.acks:
                 dialog = call.b_dialog if key == call.b_key else None
                 if dialog is not None and response.to.tag not in (None, dialog.remote_tag):
-                    return self._refuse_fork(call, response, now)
+                    assert call.b_invite is not None
+                    return self._refuse_fork(call.id, call.b_invite, self.config.pbx, response, now)
                 return [call.acks[key]]
             if call is None and key in self._orphans:
                 return self._ack_orphan(key, response)
@@ -971,19 +972,19 @@ class B2BUA:
         call.acks[call.b_key] = ack
         return [ack]
 
-    def _refuse_fork(self, call: Call, response: SipResponse, now: float) -> list[Event]:
-        """A 2xx from a second fork of our INVITE (another To tag): the call already has
-        its PBX dialog, so this one is ACKed and ended at once (§13.2.2.4)."""
-        assert call.b_invite is not None
+    def _refuse_fork(
+        self, call_id: str, invite: SipRequest, dest: Address, response: SipResponse, now: float
+    ) -> list[Event]:
+        """A 2xx from a second fork of our ``invite`` (another To tag) to the PBX or the
+        provider: the leg already has its dialog, so this one is ACKed and ended at once
+        (§13.2.2.4)."""
         try:
-            fork = Dialog.uac(call.b_invite, response)
+            fork = Dialog.uac(invite, response)
         except DialogError:
             return []
-        log.info("second 2xx fork hung up", call=call.id)
-        out: list[Event] = [SendMessage(fork.build_ack(via=self.config.via), self.config.pbx)]
-        _, sent = self.layer.send_request(
-            fork.build_request("BYE", via=self.config.via), self.config.pbx, now
-        )
+        log.info("second 2xx fork hung up", call=call_id)
+        out: list[Event] = [SendMessage(fork.build_ack(via=self.config.via), dest)]
+        _, sent = self.layer.send_request(fork.build_request("BYE", via=self.config.via), dest, now)
         return out + sent
 
     def _ack_orphan(self, key: TransactionKey, response: SipResponse) -> list[Event]:
@@ -1243,7 +1244,7 @@ class B2BUA:
         if leg.dialog is not None and leg.ack is not None:
             if response.to.tag == leg.dialog.remote_tag:
                 return [leg.ack]  # a retransmission: our ACK was lost
-            return self._refuse_provider_fork(leg, response, now)
+            return self._refuse_fork(leg.call_id, leg.invite, leg.destination, response, now)
         try:
             dialog = Dialog.uac(leg.invite, response)
         except DialogError:  # no To tag or no Contact: no dialog to ACK or hang up
@@ -1257,7 +1258,7 @@ class B2BUA:
         if leg.state == "cancelled":  # the 2xx crossed our CANCEL (§9.1): hang it up
             log.info("provider answered after cancel: hung up", call=leg.call_id)
             return out + self._provider_bye(leg, now)
-        media = self._provider_answer(leg, response)
+        media = self._provider_answer(leg, response.body)
         if not isinstance(media, LegMedia):
             log.warning("provider answer unusable", call=leg.call_id, reason=media)
             self._provider_failed(leg, media, response.status)
@@ -1265,19 +1266,17 @@ class B2BUA:
         leg.state = "up"
         leg.answer_due = None
         self.counters.providers_answered += 1
-
         self.media.provider_media(leg.call_id, media)
         self._emit(ProviderLegAnswered(leg.call_id, media))
         log.info("provider leg answered", call=leg.call_id, codec=media.codec,
                  telephone_event=media.telephone_event_pt is not None)  # fmt: skip
         return out
 
-    def _provider_answer(
-        self, leg: ProviderLeg, response: SipResponse
-    ) -> LegMedia | ProviderFailure:
-        """The provider's media from its SDP answer, or why it cannot be used."""
+    def _provider_answer(self, leg: ProviderLeg, body: bytes) -> LegMedia | ProviderFailure:
+        """The provider's media from its SDP answer to our offer (in its 2xx, or in the ACK
+        for a re-INVITE we answered with an offer), or why it cannot be used."""
         try:
-            answer = parse_sdp(response.body)
+            answer = parse_sdp(body)
             neg = negotiate(leg.offer, answer)
         except (SdpError, ValueError):  # no SDP, or not an answer to our offer
             return "error"
@@ -1286,20 +1285,6 @@ class B2BUA:
         leg.remote_sdp = answer
         negotiated = (neg.codec_answer, neg.telephone_event_answer)
         return _leg_media(answer, negotiated, neg.media_index)
-
-    def _refuse_provider_fork(
-        self, leg: ProviderLeg, response: SipResponse, now: float
-    ) -> list[Event]:
-        """A 2xx from a second fork of the provider INVITE: ACKed and hung up (§13.2.2.4)."""
-        try:
-            fork = Dialog.uac(leg.invite, response)
-        except DialogError:
-            return []
-        out: list[Event] = [SendMessage(fork.build_ack(via=self.config.via), leg.destination)]
-        _, sent = self.layer.send_request(
-            fork.build_request("BYE", via=self.config.via), leg.destination, now
-        )
-        return out + sent
 
     def _provider_request(
         self, leg: ProviderLeg, request: SipRequest, key: TransactionKey, now: float
@@ -1367,17 +1352,11 @@ class B2BUA:
         if leg.local_offer is None:
             return
         leg.local_offer = None
-        try:
-            answer = parse_sdp(ack.body)
-            neg = negotiate(leg.offer, answer)
-        except (SdpError, ValueError):
+        media = self._provider_answer(leg, ack.body)
+        if isinstance(media, LegMedia):
+            self.media.provider_media(leg.call_id, media)
+        else:  # the leg goes on with the media it had
             log.warning("provider re-INVITE: no usable answer in the ACK", call=leg.call_id)
-            return
-        if neg.codec_answer is None:
-            return
-        leg.remote_sdp = answer
-        negotiated = (neg.codec_answer, neg.telephone_event_answer)
-        self.media.provider_media(leg.call_id, _leg_media(answer, negotiated, neg.media_index))
 
     # -- media -------------------------------------------------------------------------------
     def _configure_media(
