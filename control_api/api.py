@@ -248,7 +248,7 @@ async def get_payment(request: web.Request) -> web.StreamResponse:
         seen = _int_query(request, "version")
     if seen is not None and wait > 0:
         doc = await service.wait_payment(grant, sid, seen, wait)
-    if tags is not None and (f'"{doc["version"]}"' in tags or "*" in tags):
+    if seen is not None and doc["version"] == seen:
         return web.Response(status=304, headers={**_NO_STORE, "ETag": f'"{doc["version"]}"'})
     return _json(doc, etag=doc["version"])
 

@@ -248,6 +248,8 @@ async def test_etag_304_and_long_poll_timing(api: Api) -> None:
 
     status, doc, _ = await api.get(f"/v1/payments/{sid}", headers={"If-None-Match": '"1"'})
     assert status == 200  # a stale ETag gets the body
+    status, _, _ = await api.get(f"/v1/payments/{sid}?wait=0.05&version={doc['version']}")
+    assert status == 304
 
     poll = asyncio.create_task(api.get(f"/v1/payments/{sid}?wait=25&version={doc['version']}"))
     await asyncio.sleep(0.05)
@@ -341,8 +343,8 @@ async def test_409_and_422(api: Api, logs: LogCapture) -> None:
     assert (status, code(doc)) == (409, "wrong_state")
     status, doc, _ = await api.post(f"/v1/payments/{sid}/process")
     assert (status, code(doc)) == (409, "wrong_state")
-    base = {"amount": "12.50", "currency": "GBP", "billing": {"name": "Ada"}}
-    for change, expected in [
+    base: dict[str, Any] = {"amount": "12.50", "currency": "GBP", "billing": {"name": "Ada"}}
+    changes: list[tuple[dict[str, Any], str]] = [
         ({"amount": "lots"}, "bad_amount"),
         ({"amount": True}, "bad_amount"),
         ({"amount": 9999}, "amount_out_of_range"),
@@ -358,7 +360,8 @@ async def test_409_and_422(api: Api, logs: LogCapture) -> None:
             "billing_contains_card_number",
         ),
         ({"extra": 1}, "invalid_body"),
-    ]:
+    ]
+    for change, expected in changes:
         status, doc, _ = await api.call(
             "PATCH", f"/v1/payments/{sid}/details", body={**base, **change}
         )
