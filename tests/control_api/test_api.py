@@ -466,3 +466,12 @@ async def test_openapi_describes_every_route_and_error_code(api: Api) -> None:
     assert set(doc["x-error-codes"]) == set(API_ERROR_CODES)
     schemas = doc["components"]["schemas"]
     assert {"Payment", "Call", "Profile", "Field", "Error", "Details"} <= set(schemas)
+    # every $ref resolves, every path parameter is declared
+    text = json.dumps(doc)
+    for ref in set(re.findall(r'"\$ref": "#/components/schemas/([A-Za-z]+)"', text)):
+        assert ref in schemas, ref
+    for path, ops in doc["paths"].items():
+        for name in re.findall(r"{(\w+)}", path):
+            for op in ops.values():
+                declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+                assert name in declared, (path, name)

@@ -299,7 +299,9 @@ async def test_retrieve_that_raises_does_not_break_the_session() -> None:
     assert h.calls.names("call-a")[-2:] == ["release_provider", "retrieve"]
 
 
-async def test_connector_that_raises_while_processing_is_processing_error() -> None:
+async def test_connector_that_raises_while_processing_is_processing_error(
+    logs: LogCapture,
+) -> None:
     class Broken(SandboxConnector):
         async def process(self, request: ProcessPayment) -> ProviderResult | None:
             raise ValueError(f"bad card {request.card.number}")  # a careless PSP library
@@ -312,6 +314,8 @@ async def test_connector_that_raises_while_processing_is_processing_error() -> N
     h.service.process(ACME_AGENT, sid)
     await settle()
     assert_nobody_stranded(h, sid, "failed", "processing_error")
+    assert any(e.get("error") == "ValueError" for e in logs.raw)  # the type, not the text
+    assert_no_leak(logs.text(), h.dump())
 
 
 async def test_late_provider_result_is_audited_for_reconciliation() -> None:
