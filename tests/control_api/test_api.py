@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import ClientResponse
@@ -18,11 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from control_api import service as service_module
 from control_api.api import _HTTP_CODES as API_HTTP_CODES
-from control_api.api import make_app
+from control_api.api import make_app, serve
 from control_api.openapi import API_ERROR_CODES, openapi_document
 from control_api.profiles import hash_token, load_payments
 from control_api.sandbox import TIMEOUT_CARD
 from control_api.session import SessionErrorCode
+from sipproxy.config import HostPort
 from tests.control_api.callfakes import FakeCallControl
 from tests.control_api.servicekit import (
     ACME_NUMBER,
@@ -475,3 +477,18 @@ async def test_openapi_describes_every_route_and_error_code(api: Api) -> None:
             for op in ops.values():
                 declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
                 assert name in declared, (path, name)
+
+
+async def test_serve_binds_the_configured_address() -> None:
+    h = Harness()
+    runner, port = await serve(make_app(h.service), HostPort("127.0.0.1", 0))
+    try:
+        assert port > 0
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+        ):
+            assert resp.status == 200 and await resp.json() == {"status": "ok"}
+    finally:
+        await runner.cleanup()
+        await h.service.stop()
