@@ -123,6 +123,10 @@ def to_provider(out: list[SendMessage]) -> list[SipRequest]:
     return requests(out, PROVIDER)
 
 
+def only_provider(out: list[SendMessage]) -> bool:
+    return all(s.destination == PROVIDER for s in out)
+
+
 # -- the INVITE ------------------------------------------------------------------------------------
 
 
@@ -398,10 +402,6 @@ def test_other_requests_from_the_provider_are_answered_here(method: str, status:
     out = j.send(j.from_provider(method), 3.0)
     assert [r.status for r in responses(out, PROVIDER)] == [status]
     assert only_provider(out) and j.events() == []
-
-
-def only_provider(out: list[SendMessage]) -> bool:
-    return all(s.destination == PROVIDER for s in out)
 
 
 def test_a_reinvite_from_the_provider_gets_our_sdp_and_moves_its_media() -> None:
