@@ -67,7 +67,9 @@ def test_baresip_dials_sends_rfc2833_digits_and_hangs_up(tmp_path: Path) -> None
         ):
             await alice.dial(ua.uri("sandbox"))
             await alice.wait_for("CALL_ESTABLISHED")
-            await alice.wait_for("CALL_RTPESTAB")  # our stream reached baresip
+            # Our stream reached baresip. We stream from the 200 on, so this may come before
+            # CALL_ESTABLISHED, where wait_for (which moves on past each match) cannot see it.
+            await eventually(lambda: "CALL_RTPESTAB" in alice.event_types(), 5.0)
             (dialog,) = ua.dialogs
             await dialog.wait_for("confirmed")
             assert dialog.codec == "PCMA"  # the offerer's first choice
