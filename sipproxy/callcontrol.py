@@ -12,7 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import structlog
+
+from sipproxy.b2bua import (
+    Call,
+    CallAnswered,
+    CallEnded,
+    ProviderLegAnswered,
+    ProviderLegEnded,
+    ProviderLegFailed,
+)
+from sipproxy.b2bua import CallEvent as B2BCallEvent
+from sipproxy.media import CallDigit, LegParams
+from sipproxy.relay import PortsExhausted
+
+if TYPE_CHECKING:
+    from sipproxy.server import SipServer
 
 __all__ = [
     "CallControl",
@@ -25,7 +42,10 @@ __all__ = [
     "ProviderFailed",
     "ProviderJoined",
     "ProviderLeft",
+    "ProxyCallControl",
 ]
+
+log = structlog.get_logger("sipproxy.callcontrol")
 
 EndedBy = Literal["caller", "agent", "proxy"]
 ProviderFailure = Literal["no_answer", "busy", "rejected", "error"]
@@ -129,3 +149,194 @@ class CallControl(Protocol):
 
     def subscribe(self, handler: Callable[[CallControlEvent], None]) -> None:
         """``handler`` gets every event, on the event loop, in order."""
+
+
+# --------------------------------------------------------------------------- the proxy's side
+
+
+@dataclass(slots=True)
+class _CallState:
+    held: bool = False
+    capture: bool = False
+    provider: ProviderLegState = "none"
+    announced: bool = False  # CallUp sent
+
+
+class ProxyCallControl:
+    """:class:`CallControl` on a running :class:`~sipproxy.server.SipServer`.
+
+    The server hands over the B2BUA's call events and the media plane's digits; this class
+    keeps what the payment logic may see (hold, capture, provider leg state) and turns its
+    requests into B2BUA and media-plane calls. Everything runs on the event loop.
+    """
+
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self._handlers: list[Callable[[CallControlEvent], None]] = []
+        self._state: dict[str, _CallState] = {}
+        server.on_call_event = self._on_call_event
+        server.on_digit = self._on_digit
+
+    # -- queries -------------------------------------------------------------------------------
+    def calls(self) -> list[CallInfo]:
+        return [info for call in self.server.b2bua.calls if (info := self._info(call)) is not None]
+
+    def call(self, call_id: str) -> CallInfo | None:
+        call = self._find(call_id)
+        return None if call is None else self._info(call)
+
+    def _find(self, call_id: str) -> Call | None:
+        return self.server.b2bua.call_by_id(call_id)
+
+    def _info(self, call: Call) -> CallInfo | None:
+        if call.state not in ("early", "up", "trying"):
+            return None
+        st = self._state.get(call.id) or _CallState()
+        return CallInfo(
+            call_id=call.id,
+            caller=call.caller_display,
+            called=call.called_number,
+            state="up" if call.state == "up" else "ringing",
+            started_at=self.server.unix_time(call.started_at),
+            held=st.held,
+            provider_leg=st.provider,
+        )
+
+    # -- requests ------------------------------------------------------------------------------
+    async def join_provider(self, call_id: str, sip_uri: str, answer_timeout_s: float) -> None:
+        call = self._find(call_id)
+        if call is None or call.state != "up":
+            raise KeyError(call_id)
+        st = self._state.setdefault(call_id, _CallState())
+        if st.provider != "none":
+            raise RuntimeError(f"call {call_id} already has a provider leg")
+        handle = self.server.relay.calls.get(call_id)
+        if handle is None:
+            raise RuntimeError(f"call {call_id} has no media")
+        st.provider = "joining"
+        try:
+            port = await self.server.relay.open_provider(call_id)
+        except (PortsExhausted, OSError) as exc:
+            st.provider = "none"
+            raise RuntimeError(f"no media port for the provider leg: {exc}") from exc
+        if self._find(call_id) is None or st.provider != "joining":
+            self.server.relay.close_provider(call_id)  # the call ended while binding
+            raise KeyError(call_id)
+        codec = handle.media.caller.codec
+        handle.media.attach_provider(LegParams(codec=codec), self.server.now())
+        try:
+            sends = self.server.b2bua.join_provider(
+                call_id, sip_uri, port, codec, self.server.now(), answer_timeout_s
+            )
+        except (KeyError, ValueError) as exc:
+            st.provider = "none"
+            handle.media.detach_provider()
+            self.server.relay.close_provider(call_id)
+            if isinstance(exc, KeyError):
+                raise
+            raise RuntimeError(str(exc)) from exc
+        self.server.dispatch(sends)
+        log.info("provider leg dialled", call=call_id)
+
+    def release_provider(self, call_id: str) -> None:
+        st = self._state.get(call_id)
+        if st is None or st.provider == "none":
+            return
+        st.provider = "none"
+        self.server.dispatch(self.server.b2bua.release_provider(call_id, self.server.now()))
+        self._drop_provider_media(call_id)
+
+    def hold(self, call_id: str) -> None:
+        call = self._find(call_id)
+        handle = self.server.relay.calls.get(call_id)
+        if call is None or handle is None:
+            raise KeyError(call_id)
+        st = self._state.setdefault(call_id, _CallState())
+        if st.held:
+            return
+        st.held = True
+        handle.media.set_hold(True)
+        self._emit(HoldChanged(call_id, True))
+
+    def retrieve(self, call_id: str) -> None:
+        st = self._state.get(call_id)
+        if st is None or not st.held:
+            return
+        st.held = False
+        handle = self.server.relay.calls.get(call_id)
+        if handle is not None:
+            handle.media.set_hold(False)
+        self._emit(HoldChanged(call_id, False))
+
+    def start_capture(self, call_id: str) -> None:
+        handle = self.server.relay.calls.get(call_id)
+        if handle is None or self._find(call_id) is None:
+            raise KeyError(call_id)
+        self._state.setdefault(call_id, _CallState()).capture = True
+        handle.media.set_capture(True)
+
+    def stop_capture(self, call_id: str) -> None:
+        st = self._state.get(call_id)
+        if st is None or not st.capture:
+            return
+        st.capture = False
+        handle = self.server.relay.calls.get(call_id)
+        if handle is not None:
+            handle.media.set_capture(False)
+
+    def subscribe(self, handler: Callable[[CallControlEvent], None]) -> None:
+        self._handlers.append(handler)
+
+    # -- from the server -----------------------------------------------------------------------
+    def _emit(self, event: CallControlEvent) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler(event)
+            except Exception as exc:  # one subscriber's bug must not stop the others
+                log.error("call event handler failed", error=type(exc).__name__)
+
+    def _drop_provider_media(self, call_id: str) -> None:
+        handle = self.server.relay.calls.get(call_id)
+        if handle is not None:
+            handle.media.detach_provider()
+        self.server.relay.close_provider(call_id)
+
+    def _on_call_event(self, event: B2BCallEvent) -> None:
+        call_id = event.call_id
+        if isinstance(event, CallAnswered):
+            call = self._find(call_id)
+            state = self._state.setdefault(call_id, _CallState())
+            info = None if call is None else self._info(call)
+            if info is not None and not state.announced:
+                state.announced = True
+                self._emit(CallUp(call_id, info))
+        elif isinstance(event, CallEnded):
+            gone = self._state.pop(call_id, None)
+            self.server.relay.close_provider(call_id)
+            if gone is not None and gone.announced:
+                self._emit(CallGone(call_id, event.by))
+        elif isinstance(event, ProviderLegAnswered):
+            st = self._state.get(call_id)
+            if st is None or st.provider != "joining":
+                return
+            st.provider = "joined"
+            self._emit(ProviderJoined(call_id))
+        elif isinstance(event, ProviderLegFailed):
+            st = self._state.get(call_id)
+            if st is None or st.provider == "none":
+                return
+            st.provider = "none"
+            self._drop_provider_media(call_id)
+            self._emit(ProviderFailed(call_id, event.reason, event.status))
+        elif isinstance(event, ProviderLegEnded):
+            st = self._state.get(call_id)
+            if st is None or st.provider == "none":
+                return
+            st.provider = "none"
+            self._drop_provider_media(call_id)
+            self._emit(ProviderLeft(call_id))
+
+    def _on_digit(self, digit: CallDigit) -> None:
+        st = self._state.get(digit.call_id)
+        if st is not None and st.capture:
+            self._emit(Digit(digit.call_id, digit.digit))

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from sipproxy.b2bua import B2BUA, LegMedia, MediaRequest, Side
+from sipproxy.b2bua import B2BUA, CallEvent, LegMedia, MediaRequest, Side
 from sipproxy.media import CallDigit, LegParams, MediaConfig, MediaEvent, MediaTimeout
 from sipproxy.relay import MediaRelay, PortsExhausted
 from sipproxy.sipmessage import (
@@ -101,6 +102,18 @@ class RelayMedia:
         handle = self.relay.calls.get(call_id)
         if handle is not None:
             handle.media.on_sip_info(digit, duration_ms, now)
+
+    def provider_media(self, call_id: str, leg: LegMedia | None) -> None:
+        """The provider leg's negotiated media (its SDP answer), or None: the leg is gone."""
+        handle = self.relay.calls.get(call_id)
+        if handle is None:
+            return
+        params = None if leg is None else _leg_params(leg)
+        if params is None:
+            handle.media.detach_provider()
+            self.relay.close_provider(call_id)
+        else:
+            handle.media.attach_provider(params, asyncio.get_running_loop().time())
 
 
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
@@ -217,6 +230,9 @@ class SipServer:
         self._timer_due: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the payment side's hooks (sipproxy.callcontrol.ProxyCallControl sets them)
+        self.on_call_event: Callable[[CallEvent], None] | None = None
+        self.on_digit: Callable[[CallDigit], None] | None = None
         relay.on_event = self._media_event
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -256,6 +272,10 @@ class SipServer:
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    def unix_time(self, loop_time: float) -> float:
+        """Wall-clock time of a moment on the loop's clock (for what people read)."""
+        return time.time() - (self.now() - loop_time)
 
     # -- input ---------------------------------------------------------------------------------
     def datagram(self, data: bytes, addr: Address) -> None:
@@ -347,12 +367,20 @@ class SipServer:
             writer.close()
 
     # -- output --------------------------------------------------------------------------------
-    def _dispatch(self, sends: list[SendMessage]) -> None:
+    def dispatch(self, sends: list[SendMessage]) -> None:
+        """Send what the B2BUA returned, then act on what it asks for: media to open, call
+        events for the payment side, its next timer."""
         for send in sends:
             self._send(send)
         for request in self.b2bua.take_media_requests():
             self._spawn(self._open_media(request))
+        events = self.b2bua.take_call_events()
+        if events and self.on_call_event is not None:
+            for event in events:
+                self.on_call_event(event)
         self._arm_timer()
+
+    _dispatch = dispatch
 
     def _send(self, send: SendMessage) -> None:
         if send.destination is None:
@@ -411,6 +439,8 @@ class SipServer:
         if isinstance(event, CallDigit):
             log.info("digit detected", call=event.call_id, source=event.source)
             self.events.publish(event)
+            if self.on_digit is not None:
+                self.on_digit(event)
         elif isinstance(event, MediaTimeout):
             call = next((c for c in self.b2bua.calls if c.id == event.call_id), None)
             # a call still ringing (a PBX queue) without early media is not dead: the timeout
