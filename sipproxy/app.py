@@ -85,6 +85,7 @@ class _CountingMedia(RelayMedia):
             self.media.retire(handle.media.counters)
             for leg in ("caller", "agent"):
                 self.legs.retire(handle.media.leg(leg).counters)
+            self.legs.retire(handle.media.provider_counters)
         super().release(call_id)
 
 
@@ -171,7 +172,8 @@ class Proxy:
         live_calls = [h.media for h in self.relay.calls.values()]
         media = self.media_totals.totals(c.counters for c in live_calls)
         legs = self.leg_totals.totals(
-            c.leg(leg).counters for c in live_calls for leg in ("caller", "agent")
+            [c.leg(leg).counters for c in live_calls for leg in ("caller", "agent")]
+            + [c.provider_counters for c in live_calls]
         )
         sip = self.sip.counters
         return [

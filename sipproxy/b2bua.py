@@ -31,6 +31,7 @@ import contextlib
 import ipaddress
 import itertools
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -319,6 +320,9 @@ class B2BUA:
         self.draining = False
         self._calls: dict[str, Call] = {}  # by caller-leg Call-ID and by PBX-leg Call-ID
         self._ids = itertools.count(1)
+        # call ids name calls in logs, the API and the payments' audit trail, which outlives
+        # the process: a per-process prefix keeps them unique across restarts
+        self._id_prefix = secrets.token_hex(3)
         self._media_requests: list[MediaRequest] = []
         self._waiting_media: dict[str, Call] = {}
         # client INVITEs of calls that ended while they were pending, or whose 2xx we ACKed:
@@ -519,7 +523,7 @@ class B2BUA:
                 key, request, 488, now, headers=[("Warning", '399 - "one audio stream"')]
             )
         masked = has_g711(audio[0])
-        call_id = f"c{next(self._ids)}"
+        call_id = f"c{self._id_prefix}-{next(self._ids)}"
         if not masked:
             if self.config.codec_fallback == "reject":
                 self.counters.refused_codec += 1

@@ -47,6 +47,9 @@ class FakeMedia:
     def sip_info_digit(self, call_id: str, digit: str, duration_ms: int, now: float) -> None:
         self.digits.append((call_id, digit, duration_ms))
 
+    def provider_media(self, call_id: str, leg: LegMedia | None) -> None:
+        pass
+
 
 def invite(body: str = OFFER, *, call_id: str = "a1@caller", extra: str = "") -> SipRequest:
     text = (
