@@ -622,9 +622,15 @@ class SandboxUA:
     ) -> None:
         if rtp_ports is not None and not 0 < rtp_ports[0] < rtp_ports[1] <= 65535:
             raise ValueError("rtp_ports must be (low, high) with 0 < low < high <= 65535")
+        unspecified = host in ("0.0.0.0", "::", "")
+        if unspecified and not rtp_host:
+            # 0.0.0.0 in a Contact or an SDP c= line means nothing (in SDP: hold).
+            raise ValueError("listening on all addresses: give rtp_host, the address peers reach")
         self.host = host
         self.port = port
         self.rtp_host = rtp_host or host
+        self.advertised_host = self.rtp_host if unspecified else host
+        """The address in our Contact and Via (the listening one unless that is 0.0.0.0/::)."""
         self.rtp_ports = rtp_ports
         self.hangup_after_s = hangup_after_s
         self.t1 = t1
@@ -701,8 +707,11 @@ class SandboxUA:
 
     def uri(self, user: str = "sandbox") -> str:
         """A request URI for ``user`` (a behaviour) at this UA."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"sip:{user}@{host}:{self.port}"
+        return f"sip:{user}@{self._hostport()}"
+
+    def _hostport(self) -> str:
+        host = self.advertised_host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def dialogs(self) -> list[SandboxDialog]:
@@ -778,8 +787,7 @@ class SandboxUA:
             self._responses.popitem(last=False)
 
     def _contact(self, user: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"<sip:{user}@{host}:{self.port}>"
+        return f"<sip:{user}@{self._hostport()}>"
 
     # -- receiving
 
@@ -1192,10 +1200,9 @@ class SandboxUA:
         done: asyncio.Future[int | None] = loop.create_future()
         branch = "z9hG4bK" + secrets.token_hex(10)
         dialog.local_cseq += 1
-        host = f"[{self.host}]" if ":" in self.host else self.host
         lines = [
             f"BYE {dialog.remote_target or self._fallback_target(dialog)} SIP/2.0",
-            f"Via: SIP/2.0/UDP {host}:{self.port};branch={branch};rport",
+            f"Via: SIP/2.0/UDP {self._hostport()};branch={branch};rport",
             "Max-Forwards: 70",
             *(f"Route: {r}" for r in dialog.route_set),
             f"From: {dialog.local_header}",
@@ -1334,18 +1341,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prompt", choices=("tone", "silence"), default="tone")
     ap.add_argument("--log-format", choices=("kv", "json"), default="kv")
     args = ap.parse_args(argv)
+    host, port = args.listen
+    try:
+        ua = SandboxUA(
+            host,
+            port,
+            rtp_host=args.rtp_host,
+            rtp_ports=args.rtp_ports,
+            hangup_after_s=args.hangup_after,
+            prompt=args.prompt,
+        )
+    except ValueError as exc:
+        print(f"sandbox_ua: {exc}", file=sys.stderr)
+        return 2
     from sipproxy.logsetup import configure_logging
 
     configure_logging(fmt=args.log_format)
-    host, port = args.listen
-    ua = SandboxUA(
-        host,
-        port,
-        rtp_host=args.rtp_host,
-        rtp_ports=args.rtp_ports,
-        hangup_after_s=args.hangup_after,
-        prompt=args.prompt,
-    )
     try:
         asyncio.run(_serve(ua))
     except OSError as exc:

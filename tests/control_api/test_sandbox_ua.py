@@ -579,10 +579,19 @@ def test_close_byes_live_calls_and_wipes_digits() -> None:
     run(scenario())
 
 
+def test_listening_on_all_addresses_needs_an_address_to_advertise() -> None:
+    with pytest.raises(ValueError, match="rtp_host"):
+        SandboxUA("0.0.0.0", 5090)
+    ua = SandboxUA("0.0.0.0", 5090, rtp_host="192.0.2.7")
+    assert ua.uri("busy") == "sip:busy@192.0.2.7:5090"
+
+
 def test_cli_rejects_a_bad_listen_address(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--listen", "nonsense"])
     assert re.search(r"host:port", capsys.readouterr().err)
+    assert main(["--listen", "0.0.0.0:5090"]) == 2
+    assert "rtp_host" in capsys.readouterr().err
 
 
 def test_cli_runs_the_ua_alone_until_sigterm() -> None:
