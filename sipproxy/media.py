@@ -1035,7 +1035,9 @@ class CallMedia:
             if now - self._c_slot_time > 4 * step:
                 self._c_slot_time = now - step  # a stalled loop: no burst to catch up
         prov = self._prov
-        if prov is not None and prov.busy:
+        # caller frames queued for the engine (masking fill frames included) make their own
+        # provider slots when it flushes
+        if prov is not None and prov.busy and not self._pending:
             if now - prov.slot_time > 4 * step:
                 prov.slot_time = now - late
             made = 0
@@ -1152,6 +1154,8 @@ class CallMedia:
             src.rtcp_mux = True
         c.rtcp_rx += 1
         dst = self.agent if src is self.caller else self.caller
+        if dst is self.caller and self._held:
+            return  # its reports describe audio the held caller is not getting
         if len(self._outbox) >= self.config.max_outbox:
             c.flood += 1
             return
@@ -1341,7 +1345,6 @@ class CallMedia:
             if self._capture and prov is not None:
                 if len(prov.digits) < self.config.provider_digit_queue:
                     prov.digits.append(digit)
-                    self.engine._extra[self.call_id] = self  # the timer keeps it going
                 else:
                     self.counters.provider_digits_dropped += 1
         else:

@@ -78,6 +78,7 @@ class ProviderStream:
     audio: npt.NDArray[np.int16]
     digits: list[RtpDigitEnded]
     event_packets: int
+    slots: int  # audio packets and event packets that are not end packets
 
 
 def check_provider_stream(
@@ -99,6 +100,7 @@ def check_provider_stream(
     event_ts: int | None = None
     ends = 0
     n_events = 0
+    slots = 0
     for i, p in enumerate(parsed):
         if p.payload_type == event_pt:
             n_events += 1
@@ -114,6 +116,7 @@ def check_provider_stream(
                     event_ts = p.timestamp
                     ends = 0
                 assert p.timestamp == event_ts
+                slots += 1
                 virtual = (p.timestamp + report.duration) % 2**32
                 if slot_ts is not None:
                     assert (virtual - slot_ts) % 2**32 == FRAME
@@ -129,13 +132,14 @@ def check_provider_stream(
                 if isinstance(ev, RtpDigitEnded):
                     digits.append(ev)
         else:
+            slots += 1
             if slot_ts is not None:
                 assert (p.timestamp - slot_ts) % 2**32 == FRAME, (p.timestamp, slot_ts)
             slot_ts = p.timestamp
     assert ends in (0, 3)
     audio = [p.payload for p in parsed if p.payload_type == audio_pt]
     pcm = decode("PCMU", b"".join(audio)) if audio else np.zeros(0, np.int16)
-    return ProviderStream(pcm, digits, n_events)
+    return ProviderStream(pcm, digits, n_events, slots)
 
 
 def sine(hz: float, n: int, amplitude: float = 3000.0, start: int = 0) -> npt.NDArray[np.float64]:
@@ -172,6 +176,9 @@ def test_new_digits_go_to_the_provider_as_clean_rfc4733_events() -> None:
     assert all(d.end_seen and d.duration == DIGIT_SAMPLES for d in got.digits)
     assert got.event_packets == 5 * 8  # start, 4 updates, 3 ends each
     assert h.call.counters.digits_to_provider == 5
+    # one slot per caller frame (masking fill frames included): the timer added none, so
+    # the provider's stream keeps real time through the silent RFC 4733 press
+    assert got.slots == len(h.agent_rtp())
     # the provider's audio is the masked caller audio: no key in it but the events
     assert leak_decode(got.audio) == []
     # and the agent never got a key, nor an event
@@ -433,3 +440,21 @@ def test_hold_audio_with_a_custom_recording_loops() -> None:
     heard = audio_of(h.caller_rtp()).astype(np.float64)
     assert tone_power(heard, 300.0) > 0.9
     assert h.to_caller[0].address == CALLER
+
+
+def test_the_timer_carries_a_digit_while_the_caller_sends_nothing() -> None:
+    h = ProviderHarness()
+    phone = Phone()
+    h.attach()
+    h.call.set_capture(True)
+    send_audio(h, phone, speechish(0.2, seed=41))
+    h.call.on_sip_info("6", 100, h.now)  # and then the caller falls silent
+    for _ in range(20):
+        h.step()
+    got = check_provider_stream(h.provider_rtp())
+    assert [(d.digit, d.duration, d.end_seen) for d in got.digits] == [("6", DIGIT_SAMPLES, True)]
+    assert got.event_packets == 8
+    n = len(h.provider_rtp())
+    for _ in range(20):  # nothing more to say: the timer sends nothing
+        h.step()
+    assert len(h.provider_rtp()) == n
