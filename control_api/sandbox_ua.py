@@ -59,6 +59,7 @@ import structlog
 from dtmfmask.g711 import alaw_encode, ulaw_encode
 from dtmfmask.rfc4733 import EventReceiver, RtpDigitStarted
 from dtmfmask.tones import SAMPLE_RATE, dbm0_to_amplitude
+from sipproxy.logsetup import configure_logging
 from sipproxy.rtp import RtpError, build_rtp, is_rtcp, peek_rtp
 from sipproxy.sdp import (
     Codec,
@@ -1354,8 +1355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sandbox_ua: {exc}", file=sys.stderr)
         return 2
-    from sipproxy.logsetup import configure_logging
-
     configure_logging(fmt=args.log_format)
     try:
         asyncio.run(_serve(ua))
