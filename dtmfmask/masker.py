@@ -84,6 +84,7 @@ class MaskingEngine:
     _env_on: npt.NDArray[np.bool_]
     _row_of: I64
     _last_end: I64
+    _bypass: npt.NDArray[np.bool_]
 
     def __init__(self, config: MaskConfig | None = None, capacity: int = 16) -> None:
         self.config = cfg = config or MaskConfig()
@@ -124,6 +125,7 @@ class MaskingEngine:
         self._env_on = g(None if first else self._env_on, (), np.bool_)
         self._row_of = g(None if first else self._row_of, (), np.int64)
         self._last_end = g(None if first else self._last_end, (), np.int64)
+        self._bypass = g(None if first else self._bypass, (), np.bool_)
         self._cap = cap
 
     # --- streams ------------------------------------------------------------------------
@@ -137,6 +139,7 @@ class MaskingEngine:
         self._forced[sid] = False
         self._env_on[sid] = False
         self._last_end[sid] = -(10**9)
+        self._bypass[sid] = False
         return sid
 
     def remove_stream(self, stream: int) -> None:
@@ -157,6 +160,13 @@ class MaskingEngine:
             self._forced[stream] = True
             end = int(self._n_in[stream])
         self._mark(stream, int(self._n_in[stream]), start, end)
+
+    def set_masking(self, stream: int, on: bool) -> None:
+        """Mask ``stream``'s key presses (the default) or let them through (``mask:
+        during_payment`` outside a payment: IVR menus). Detection, digit events and the
+        delay line run either way, so turning masking on covers a key already under way
+        from the samples still in the look-ahead."""
+        self._bypass[stream] = not on
 
     def release_mask(self, stream: int, end: int) -> None:
         """End an open-ended ``force_mask`` at input position ``end`` (plus the guard)."""
@@ -206,7 +216,7 @@ class MaskingEngine:
         gain = env[:, :n]
         self._env[rs] = env[:, n:]
         self._env_on[rs] = env[:, n:].any(axis=1)
-        on = np.flatnonzero(gain.any(axis=1))
+        on = np.flatnonzero(gain.any(axis=1) & ~self._bypass[rs])
         if on.size:
             g = gain[on]
             r = rows[on]

@@ -149,3 +149,32 @@ def test_keys_over_speech_do_not_leak(talkoff_speech: np.ndarray) -> None:
     print(f"keys leaked: {len(clear_leaks)} clear, {len(buried_leaks)} buried in speech")
     assert n_clear >= 200
     assert clear_leaks == []
+
+
+def test_masking_switched_per_stream() -> None:
+    """``mask: during_payment``: a stream with masking off lets keys through untouched (and
+    still reports them); masking switched on while a key is under way covers it from the
+    samples still in the look-ahead; another stream in the same batch is masked throughout."""
+    eng = MaskingEngine(MaskConfig(style="silence"))
+    off, on = eng.add_stream(), eng.add_stream()
+    eng.set_masking(off, False)
+    key = np.concatenate([np.zeros(800), dtmf_tone("5", 800, -6), np.zeros(1600)])
+    frames = key.reshape(-1, 160)
+    outs: dict[int, list[np.ndarray]] = {off: [], on: []}
+    seen = ""
+    for i, frame in enumerate(frames):
+        if i == 7:  # 2 frames (40 ms) into the tone, capture starts
+            eng.set_masking(off, True)
+        out, events = eng.process([off, on], np.stack([frame, frame]))
+        outs[off].append(out[0])
+        outs[on].append(out[1])
+        seen += digits([e for e in events if e.stream == off])
+    y_off = np.concatenate(outs[off])[eng.lookahead :]
+    y_on = np.concatenate(outs[on])[eng.lookahead :]
+    assert seen == "5"  # detected and reported while unmasked
+    assert decode(y_on) == []
+    assert np.count_nonzero(y_on[800:1600]) == 0
+    # before the switch the key went through as it was; after it, silence
+    switch_out = 7 * 160 - eng.lookahead  # output position when masking came on
+    assert np.array_equal(y_off[800:switch_out], np.rint(key[800:switch_out]))
+    assert np.count_nonzero(y_off[switch_out:1600]) == 0
