@@ -49,7 +49,9 @@ def test_file_uses_wal_and_schema(tmp_path: Path) -> None:
     assert path.exists() and st.recovered == ()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert (
+        db.execute("PRAGMA user_version").fetchone()[0] == 2
+    )  # 2: self-service resume, links, sms_outbox
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"sessions", "audit"} <= tables
     assert st.ping()
