@@ -17,6 +17,12 @@ settings; the reference for every key is the comment beside it in ``profiles.yam
   A plain ``token:`` key is refused: the file never holds a token. Tokens are long random
   strings, so one unsalted SHA-256 is enough (no password-hashing KDF needed); they are
   compared in constant time, and one token may belong to one account and role only.
+
+  ``webhook`` (optional) has payment changes POSTed to the account's server
+  (:mod:`control_api.webhooks`): ``url`` (``http``/``https``, no credentials in it),
+  ``secret`` given as ``env: NAME`` only (at least 32 characters; the HMAC-SHA256 key of the
+  signature), ``timeout_s`` (default 5), ``max_attempts`` (default 6) and ``events``
+  (``all``, the default: every change; ``finished``: only the final one).
 - ``providers``: payment providers; ``type: sandbox`` is the embedded one (a SIP user agent on
   loopback and a processor deciding by test card numbers, :mod:`control_api.sandbox`).
 - ``profiles``: what an agent picks to take a payment: ``account``, ``method`` (``guided`` or
@@ -39,6 +45,7 @@ import ipaddress
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -50,7 +57,7 @@ import yaml
 from control_api.events import FieldName
 from control_api.yamlnodes import NodeReader, decode_text
 from sipproxy.config import HostPort
-from sipproxy.yamlreader import read_file
+from sipproxy.yamlreader import kind, read_file, show
 
 __all__ = [
     "DEFAULT_API_LISTEN",
@@ -68,6 +75,8 @@ __all__ = [
     "Role",
     "StorageConfig",
     "TokenGrant",
+    "WebhookConfig",
+    "WebhookEvents",
     "currency_exponent",
     "default_payments",
     "hash_token",
@@ -79,14 +88,19 @@ Role = Literal["agent", "admin"]
 Method = Literal["guided", "self_service"]
 MaskStyle = Literal["tone", "silence", "noise"]
 ProviderType = Literal["sandbox"]
+WebhookEvents = Literal["all", "finished"]
 _T = TypeVar("_T")
 ROLES: Final[tuple[Role, ...]] = ("agent", "admin")
 METHODS: Final[tuple[Method, ...]] = ("guided", "self_service")
 MASK_STYLES: Final[tuple[MaskStyle, ...]] = ("tone", "silence", "noise")
 PROVIDER_TYPES: Final[tuple[ProviderType, ...]] = ("sandbox",)
+WEBHOOK_EVENTS: Final[tuple[WebhookEvents, ...]] = ("all", "finished")
 _S = TypeVar("_S", bound=str)
 
 MIN_TOKEN_LENGTH: Final = 32
+MIN_WEBHOOK_SECRET_LENGTH: Final = 32
+MAX_WEBHOOK_ATTEMPTS: Final = 20
+MAX_URL_LENGTH: Final = 2048
 DEFAULT_FIELDS: Final = (FieldName.CARD_NUMBER, FieldName.EXPIRY, FieldName.CVV)
 MAX_LINK_TTL_S: Final = 72 * 3600.0
 MAX_AMOUNT: Final = Decimal("1000000000")
@@ -139,6 +153,18 @@ class TokenGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Where an account's payment changes are POSTed (:mod:`control_api.webhooks`). The
+    secret is the HMAC key of the signature; it comes from the environment, never the file."""
+
+    url: str
+    secret: str = field(repr=False)
+    timeout_s: float = 5.0
+    max_attempts: int = 6
+    events: WebhookEvents = "all"
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     id: str
     name: str
@@ -147,6 +173,7 @@ class Account:
     numbers: tuple[str, ...] = ()
     """Dialled numbers whose calls belong to the account: exact, or a prefix ending in
     ``*`` (``0800*``; ``*`` alone: every call)."""
+    webhook: WebhookConfig | None = None
 
     def number_match(self, called: str) -> int:
         """How well ``called`` matches :attr:`numbers`: -1 none; an exact match beats any
@@ -280,7 +307,8 @@ def parse_payments(
 
 # ------------------------------------------------------------------------------- reading
 
-_ACCOUNT_KEYS: Final = ("name", "payments", "tokens", "numbers")
+_ACCOUNT_KEYS: Final = ("name", "payments", "tokens", "numbers", "webhook")
+_WEBHOOK_KEYS: Final = ("url", "secret", "timeout_s", "max_attempts", "events")
 _TOKEN_KEYS: Final = ("role", "env", "sha256", "token")
 _PROVIDER_KEYS: Final = ("type", "sip_uri", "answer_timeout_s", "processing_timeout_s")
 _PROFILE_KEYS: Final = (
@@ -401,7 +429,76 @@ class _Reader:
                     r.problem(item, sub, f"{text!r} is listed twice")
                 else:
                     numbers.append(text)
-        return Account(name, display, bool(enabled), tuple(tokens), tuple(numbers))
+        webhook = self._webhook(m["webhook"], f"{dotted}.webhook") if "webhook" in m else None
+        return Account(name, display, bool(enabled), tuple(tokens), tuple(numbers), webhook)
+
+    def _webhook(self, node: yaml.Node, dotted: str) -> WebhookConfig | None:
+        r = self.r
+        m = r.mapping(node, dotted, _WEBHOOK_KEYS, required=("url", "secret"))
+        if m is None:
+            return None
+        url: str | None = None
+        if "url" in m:
+            what = "an http:// or https:// URL"
+            url = r.string(m["url"], f"{dotted}.url", what, max_len=MAX_URL_LENGTH)
+            problem = _url_problem(url) if url is not None else None
+            if problem is not None:
+                r.problem(m["url"], f"{dotted}.url", f"{problem}, got {url!r}")
+                url = None
+        secret = self._webhook_secret(m["secret"], f"{dotted}.secret") if "secret" in m else None
+        d = WebhookConfig("", "")
+        timeout = self._seconds(m, dotted, "timeout_s", d.timeout_s, 0.5, 60)
+        attempts = d.max_attempts
+        if "max_attempts" in m:
+            sub = f"{dotted}.max_attempts"
+            ok, value = r.scalar(m["max_attempts"], sub)
+            if ok and type(value) is int and 1 <= value <= MAX_WEBHOOK_ATTEMPTS:
+                attempts = value
+            else:
+                got = show(value) if ok else kind(m["max_attempts"])
+                r.problem(
+                    m["max_attempts"],
+                    sub,
+                    f"must be a whole number 1-{MAX_WEBHOOK_ATTEMPTS}, got {got}",
+                )
+        events = self._opt_choice(m, dotted, "events", WEBHOOK_EVENTS, d.events)
+        if url is None or secret is None:
+            return None
+        return WebhookConfig(url, secret, timeout, attempts, events)
+
+    def _webhook_secret(self, node: yaml.Node, dotted: str) -> str | None:
+        r = self.r
+        if not isinstance(node, yaml.MappingNode):
+            r.problem(
+                node,
+                dotted,
+                "secrets are never written in this file: give {env: VARIABLE} (the secret in "
+                "an environment variable)",
+            )
+            return None
+        m = r.mapping(node, dotted, ("env",), required=("env",))
+        if m is None or "env" not in m:
+            return None
+        var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
+        if var is None:
+            return None
+        if not _ENV.match(var):
+            r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
+            return None
+        value = self.env.get(var)
+        if value is None:
+            r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
+            return None
+        if len(value) < MIN_WEBHOOK_SECRET_LENGTH:
+            r.problem(
+                m["env"],
+                f"{dotted}.env",
+                f"the secret in {var} is too short (at least {MIN_WEBHOOK_SECRET_LENGTH} "
+                "characters: use a random one, e.g. python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')",
+            )
+            return None
+        return value
 
     def _token(self, node: yaml.Node, dotted: str) -> ApiToken | None:
         r = self.r
@@ -727,6 +824,28 @@ class _Reader:
             self.r.problem(m["fields"], sub, f"must be {what}, got [{', '.join(names)}]")
             return None
         return tuple(FieldName(n) for n in names)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot take webhooks, or ``None`` when it can."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must be a URL without spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        return "must be an http:// or https:// URL with a valid host and port"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host (http://host:port/path)"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (user:password@): the signature authenticates"
+    if parts.fragment:
+        return "must not have a #fragment"
+    if port == 0:
+        return "must not use port 0"
+    return None
 
 
 def _host_port(text: str) -> HostPort | None:

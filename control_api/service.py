@@ -17,6 +17,9 @@ The session is sans-I/O; everything around it happens here, in one place:
   implementation may emit them synchronously) are queued and handled right after, in order.
 - **One timer per session** (``loop.call_at`` at :meth:`PaymentSession.get_timer`).
 - **Long-poll**: every version change wakes the session's waiters (:meth:`wait_payment`).
+- **Webhooks**: every version change is handed to the account's
+  :class:`~control_api.webhooks.WebhookSender` (if it has a ``webhook:``), which POSTs the
+  same view, signed, in the background.
 - **Storage and audit**: the session row is rewritten on every version change; agent
   actions, field state changes, provider events and results are audited (never digits).
 - **Rules**: a call belongs to the account whose ``numbers`` match its dialled number
@@ -33,6 +36,7 @@ Exceptions around them are logged by type only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import sqlite3
@@ -83,6 +87,7 @@ from control_api.events import ProviderFailed as SessionProviderFailed
 from control_api.profiles import PaymentProfile, PaymentsConfig, TokenGrant, load_payments
 from control_api.session import PaymentSession, SessionError, SessionErrorCode
 from control_api.storage import AuditEntry, SessionRecord, Storage
+from control_api.webhooks import WebhookSender
 from sipproxy.callcontrol import (
     CallControl,
     CallControlEvent,
@@ -165,6 +170,7 @@ class PaymentService:
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
         max_finished: int = MAX_FINISHED_IN_MEMORY,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self._config = config
         self._calls = calls
@@ -184,6 +190,9 @@ class PaymentService:
         self._subscribed = False
         self._running = False
         self.counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self.webhooks = webhooks if webhooks is not None else WebhookSender()
+        self.webhooks.audit = functools.partial(self._audit, None)
+        self.webhooks.configure(config.accounts)
 
     def __repr__(self) -> str:
         return f"PaymentService(sessions={len(self._sessions)}, running={self._running})"
@@ -232,6 +241,7 @@ class PaymentService:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.webhooks.stop()  # the sessions' last updates get its grace to go out
 
     def reload(self, config: PaymentsConfig, actor: Actor = None) -> None:
         """Use ``config`` from now on (tokens, accounts, numbers, profiles, providers).
@@ -239,6 +249,7 @@ class PaymentService:
         connectors = self._make_connectors(config)
         self._config = config
         self._connectors = connectors
+        self.webhooks.configure(config.accounts)
         self._audit(actor, None, None, "config_reloaded", {"source": config.source})
         log.info(
             "payments configuration reloaded",
@@ -612,6 +623,7 @@ class PaymentService:
                 self.storage.update_session(self._record(live))
                 live.changed.set()
                 live.changed = asyncio.Event()
+                self.webhooks.notify(live.account, live.session.view().to_dict())
             case FieldUpdated():
                 self._field_audit(live, out)
             case SessionFinished(result=result, error=error, reference=reference):
@@ -879,6 +891,7 @@ class PaymentService:
                 late,
             ),
             gauge("dtmfmask_payments_live", "Payment sessions in progress.", live),
+            *self.webhooks.collect(),
         ]
 
 
