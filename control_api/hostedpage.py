@@ -162,7 +162,7 @@ ASSETS: Final[tuple[Asset, ...]] = (
         "pay.js",
         "text/javascript; charset=utf-8",
         "our own: brand detection, field checks before submit, key counts to the agent's view",
-        "933b536ac293430186a5d4a9633ab4e90c3996935aa029192991e362f019a648",
+        "4e1ffb8958403024bba8d09239c54cfa9ea00145eab7c795698247fdb37a3f8d",
     ),
     Asset(
         "pay.css",
@@ -423,12 +423,15 @@ _ERROR_PAGE: Final = _plain_page(
 ).encode()
 
 
-def _header(view: PageView) -> str:
+def _header(view: PageView, *, asking: bool = True) -> str:
+    """Merchant, amount and purpose; the amount is the page's heading while it asks to pay
+    (the outcome page has its own)."""
+    amount = f'<span class="amount" id="amount">{_e(_money(view.amount, view.currency))}</span>'
+    line = f"<h1>Pay {amount}</h1>" if asking else f'<p class="purpose">Amount: {amount}</p>'
     return (
         "<header>\n"
         f'<p class="merchant" id="merchant">{_e(view.merchant)}</p>\n'
-        f'<h1>Pay <span class="amount" id="amount">{_e(_money(view.amount, view.currency))}'
-        "</span></h1>\n"
+        f"{line}\n"
         f'<p class="purpose" id="purpose">{_e(view.purpose)}</p>\n'
         "</header>"
     )
@@ -558,7 +561,7 @@ def result_page(view: PageView, reference: str | None) -> str:
         )
     body = (
         "<main>\n"
-        f"{_header(view)}\n"
+        f"{_header(view, asking=False)}\n"
         f'<section id="result" class="{_e(result)}" data-result="{_e(result)}" '
         'aria-live="polite">\n'
         f"<h1>{_e(title)}</h1>\n"

@@ -263,6 +263,10 @@ var dtmfmaskPayChecks = (function () {
   });
   var errors = document.getElementById("errors");
   var brandOut = document.getElementById("brand");
+  var brandLine = document.getElementById("brand_line");
+  if (brandLine) {
+    brandLine.hidden = false; // it says something only with this script running
+  }
   var pay = document.getElementById("pay");
   var csrfInput = form.elements.namedItem("csrf");
   var csrf = csrfInput ? csrfInput.value : "";
@@ -456,8 +460,10 @@ var dtmfmaskPayChecks = (function () {
       }
       report(name);
     });
-    el.addEventListener("blur", function () {
-      if (el.value) {
+    el.addEventListener("blur", function (event) {
+      // going to the pay button: the submit checks everything, and a message appearing now
+      // would move the button from under the pointer before the click lands
+      if (el.value && event.relatedTarget !== pay) {
         showFieldError(name, check(name));
       }
     });
