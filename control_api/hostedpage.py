@@ -43,7 +43,8 @@ hash here, in review. There is no inline script or style (the CSP would block it
 **CSRF**: signed double submit. The GET sets cookie ``pay_csrf`` (``HttpOnly``,
 ``SameSite=Strict``, ``Path=/pay/<token>``, ``Secure`` over TLS) and puts the same value in
 a hidden form field ``csrf``; pay.js sends it as ``X-CSRF-Token``. A POST is served only if
-cookie and field (or header) are equal and carry a valid HMAC for this link. The HMAC key
+cookie and field (or header) are equal and carry a valid HMAC for this link, and the browser
+does not say it came from another site (``Sec-Fetch-Site: cross-site``). The HMAC key
 is random per process unless given (``csrf_key``): after a restart an open page's first
 submit gets the form back (403) with a fresh token and a message, never a payment.
 
@@ -711,6 +712,8 @@ class HostedPage:
         return f"{nonce}.{self._csrf_mac(token, nonce)}"
 
     def _csrf_ok(self, request: web.Request, token: str, sent: str | None) -> bool:
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            return False  # a browser says another site sent it: no need to look further
         cookie = request.cookies.get(CSRF_COOKIE)
         if cookie is None or sent is None:
             return False

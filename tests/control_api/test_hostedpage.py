@@ -514,8 +514,10 @@ async def test_progress_needs_the_csrf_header(rig: Rig) -> None:
         status, text, _ = await rig.progress(token, sent, body)
         assert status == 403, sent
         assert json.loads(text)["error"]["code"] == "bad_csrf"
+    status, _, _ = await rig.progress(token, csrf, body, headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 403
     assert rig.fake.sessions["pay_a"].digits == {}
-    status, _, _ = await rig.progress(token, csrf, body)
+    status, _, _ = await rig.progress(token, csrf, body, headers={"Sec-Fetch-Site": "same-origin"})
     assert status == 204
 
 
