@@ -63,6 +63,9 @@ Stable element ids (the browser tests use them; keep them)::
     details-form      the amount, currency and billing form
     amount, currency, billing-name, billing-address, billing-postal-code, billing-country
     details-button    button "Save details"
+    details-summary   the details in one line once capture started (the form folds away)
+    details-summary-text  "GBP 12.50, Ada Lovelace"
+    edit-details-button   button "Edit details" (unfolds the form)
     capture-button    button "Retrieve caller and start capture"
     fields            tbody: one row per card field
     field-<name>      the row of a field (card_number, expiry, cvv, postal_code)
@@ -223,6 +226,8 @@ PANEL_HTML: Final = f"""<!doctype html>
         <button type="submit" id="details-button">Save details</button>
       </fieldset>
     </form>
+    <p id="details-summary" hidden><span id="details-summary-text"></span>
+      <button type="button" id="edit-details-button">Edit details</button></p>
     <button type="button" id="capture-button" hidden class="primary"
     >Retrieve caller and start capture</button>
 

@@ -77,6 +77,7 @@
     "created", "link_sent", "sms_failed",
   ]);
   const RESET_STATES = new Set(["capturing", "ready"]);
+  const FOLD_STATES = new Set(["capturing", "ready", "link_sent", "customer_active"]);
   const LIVE_SMS_STATES = new Set(["link_sent", "sms_failed", "customer_active"]);
 
   const $ = (id) => document.getElementById(id);
@@ -100,6 +101,7 @@
   let callsGen = 0;
   let formFor = null; // the payment the details form was filled for
   let phoneEdited = false;
+  let editingDetails = false;
   let errorSource = null;
 
   class ApiError extends Error {
@@ -150,7 +152,7 @@
 
   function describe(err) {
     if (!(err instanceof ApiError)) return "Something went wrong in the panel: " + err;
-    const hint = CODE_HINTS[err.code];
+    const hint = err.plain ? null : CODE_HINTS[err.code];
     const what = hint ? hint + ": " + err.message : err.message;
     const status = err.status ? err.status + " " : "";
     return what.charAt(0).toUpperCase() + what.slice(1) + " (" + status + err.code + ")";
@@ -275,6 +277,7 @@
     stopPolling();
     paymentId = id;
     payment = null;
+    editingDetails = false;
     etag = null;
     if (view) setPayment(view);
     pollLoop(++pollGen);
@@ -376,7 +379,7 @@
       const before = select.value;
       select.replaceChildren(...call.profiles.map((name) => {
         const p = profiles.get(name);
-        const label = p ? p.purpose + " (" + name + ")" : name;
+        const label = p && p.purpose ? p.purpose + " (" + name + ")" : name;
         return new Option(label, name);
       }));
       select.dataset.names = names;
@@ -433,7 +436,13 @@
     text("provider-leg", view.provider_leg || "");
 
     if (formFor !== view.id) fillDetailsForm(view);
-    show("details-form", DETAILS_STATES.has(view.state));
+    // once capture started the card fields matter: the details fold into one line
+    const fold = !editingDetails && view.amount !== null && view.amount !== undefined &&
+      FOLD_STATES.has(view.state);
+    show("details-form", DETAILS_STATES.has(view.state) && !fold);
+    show("details-summary", DETAILS_STATES.has(view.state) && fold);
+    text("details-summary-text", view.currency + " " + view.amount +
+      (view.billing && view.billing.name ? ", " + view.billing.name : ""));
     show("capture-button", guided && view.state === "awaiting_details");
     $("capture-button").disabled = view.amount === null || view.amount === undefined;
 
@@ -452,7 +461,7 @@
       text("field-" + name + "-valid", f.valid === true ? "valid"
         : f.valid === false ? "invalid: " + (CARD_ERRORS[f.error] || f.error || "") : "");
       const reset = $("reset-" + name);
-      reset.hidden = !guided;
+      reset.hidden = !guided || finished;
       reset.disabled = !(RESET_STATES.has(view.state) && (f.digits > 0 || f.state !== "pending"));
     }
     for (const row of $("fields").rows) {
@@ -552,15 +561,31 @@
         throw new ApiError(0, "bad_phone",
           "enter the mobile number in international form, e.g. +447700900123");
       }
-      return startPayment(ev.target, { profile: $("profile-select").value, phone });
+      return startPayment(ev.target, { profile: $("profile-select").value, phone })
+        .catch((e) => {
+          // a node without self-service refuses the phone (invalid_body) or the method
+          if (e instanceof ApiError && e.status === 422 &&
+              (e.code === "invalid_body" || e.code === "method_not_supported")) {
+            const plain = new ApiError(e.status, e.code,
+              "Self-service payment links are not available on this node: " + e.message);
+            plain.plain = true;
+            throw plain;
+          }
+          throw e;
+        });
     }));
     $("details-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       act($("details-button"), async () => {
         const r = await api("PATCH", paymentPath("/details"), details());
+        editingDetails = false;
         setPayment(r.data);
         fillDetailsForm(r.data);
       });
+    });
+    $("edit-details-button").addEventListener("click", () => {
+      editingDetails = true;
+      render();
     });
     $("capture-button").addEventListener("click", (ev) => act(ev.target, async () => {
       setPayment((await api("POST", paymentPath("/capture"))).data);
@@ -598,6 +623,7 @@
       payment = null;
       formFor = null;
       phoneEdited = false;
+      editingDetails = false;
       $("phone").value = "";
       clearError();
       render();
