@@ -9,25 +9,31 @@ machine). Three kinds of event:
   (:class:`ProviderAnswered`, :class:`ProviderFailed`, :class:`ProviderHungUp`,
   :class:`CallerHoldChanged`, :class:`CallEnded`); key presses from the DSP engine
   (:class:`KeyPressed`); the provider connector's answer (:class:`ProviderResult`); and
-  :class:`Restarted` for a session found live in storage after a crash. Time is never an
-  event: it is the ``now`` argument of ``handle`` and ``handle_timer``.
+  :class:`Restarted` for a session found live in storage after a crash. Self-service sessions
+  (:mod:`control_api.selfservice`) add the agent's :class:`SendLink` and
+  :class:`SwitchToGuided`, the SMS sender's :class:`SmsOutcome`, and the hosted page's
+  :class:`PageOpened`, :class:`FieldProgress` (counts, never values) and :class:`SubmitCard`.
+  Time is never an event: it is the ``now`` argument of ``handle`` and ``handle_timer``.
 - **Actions** (:data:`Action`): what the call-control adapter and the provider connector must
   do: :class:`JoinProvider`, :class:`HoldCaller`, :class:`RetrieveCaller`,
   :class:`StartDigitCapture`, :class:`StopDigitCapture`, :class:`ProcessPayment`,
-  :class:`ReleaseProviderLeg`. All of them are idempotent at the adapter: releasing a leg that
-  is gone, or retrieving a caller who hung up, is a no-op there.
+  :class:`ReleaseProviderLeg`; for self-service :class:`SendPaymentLink`. All of them are
+  idempotent at the adapter: releasing a leg that is gone, or retrieving a caller who hung
+  up, is a no-op there.
 - **Notifications** (:data:`Notification`): for the API's long-poll, webhooks and the audit log:
   :class:`SessionUpdated`, :class:`FieldUpdated`, :class:`SessionFinished`,
   :class:`LateProviderResult`.
 
-No event carries card digits in its ``repr`` or ``str``. :class:`ProcessPayment` carries the
-card itself (the provider connector needs it) in a :class:`~control_api.cards.CardDetails`,
-whose ``repr`` hides it.
+No event carries card digits in its ``repr`` or ``str``. :class:`ProcessPayment` and
+:class:`SubmitCard` carry the card itself (the provider connector needs it) in a
+:class:`~control_api.cards.CardDetails`, whose ``repr`` hides it. Phone numbers are shown
+masked in ``repr``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
@@ -42,6 +48,7 @@ __all__ = [
     "Cancel",
     "ErrorCode",
     "FieldName",
+    "FieldProgress",
     "FieldState",
     "FieldUpdated",
     "HoldCaller",
@@ -51,6 +58,7 @@ __all__ = [
     "LateProviderResult",
     "Notification",
     "Output",
+    "PageOpened",
     "Proceed",
     "Process",
     "ProcessPayment",
@@ -65,13 +73,18 @@ __all__ = [
     "Restarted",
     "Result",
     "RetrieveCaller",
+    "SendLink",
+    "SendPaymentLink",
     "SessionFinished",
     "SessionState",
     "SessionUpdated",
     "SetDetails",
+    "SmsOutcome",
     "StartCapture",
     "StartDigitCapture",
     "StopDigitCapture",
+    "SubmitCard",
+    "SwitchToGuided",
 ]
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -98,10 +111,12 @@ class FieldState(StrEnum):
 
 
 class SessionState(StrEnum):
-    """The guided flow, in order; every state can jump to ``finished``."""
+    """The guided flow, in order, then the self-service states; every state can jump to
+    ``finished``."""
 
     CREATED = "created"
-    """The agent picked a profile; nothing happened on the call yet."""
+    """The agent picked a profile; nothing happened on the call yet (self-service: no link
+    sent yet, the amount is awaited)."""
     PROVIDER_JOINING = "provider_joining"
     """The provider leg is being dialled; the caller is on hold."""
     AWAITING_DETAILS = "awaiting_details"
@@ -115,6 +130,13 @@ class SessionState(StrEnum):
     """Sent to the provider; waiting for its result."""
     FINISHED = "finished"
     """``result`` and ``error`` say how it ended."""
+    LINK_SENT = "link_sent"
+    """Self-service: the SMS with the payment link is queued or sent; the customer has not
+    opened the page yet."""
+    SMS_FAILED = "sms_failed"
+    """Self-service: the SMS could not be sent; the agent may resend or switch to guided."""
+    CUSTOMER_ACTIVE = "customer_active"
+    """Self-service: the customer opened the page (and may be typing)."""
 
 
 class Result(StrEnum):
@@ -146,6 +168,9 @@ class ErrorCode(StrEnum):
     CAPTURE_TIMEOUT = "capture_timeout"
     # the agent (result cancelled)
     CANCELLED = "cancelled"
+    SWITCHED_TO_GUIDED = "switched_to_guided"
+    # self-service: the link expired unused (result failed)
+    LINK_EXPIRED = "link_expired"
     # the call or the process went away (result interrupted)
     CALLER_HUNG_UP = "caller_hung_up"
     AGENT_HUNG_UP = "agent_hung_up"
@@ -268,7 +293,74 @@ class ProviderResult:
 
 @dataclass(frozen=True, slots=True)
 class Restarted:
-    """Storage: this session was live when the process stopped; it cannot go on."""
+    """Storage: this session was live when the process stopped; it cannot go on (a
+    self-service session waiting for the customer can: it ignores this unless processing)."""
+
+
+def _masked_phone(number: str) -> str:
+    digits = number[1:] if number.startswith("+") else number
+    if len(digits) < 7:
+        return "*" * len(number)
+    return "+" + digits[:2] + "*" * (len(digits) - 5) + digits[-3:]
+
+
+@dataclass(frozen=True, slots=True)
+class SendLink:
+    """Agent (self-service): send the payment link by SMS to ``to`` (E.164); again, to resend
+    (the earlier link is revoked)."""
+
+    to: str
+
+    def __repr__(self) -> str:
+        return f"SendLink(to={_masked_phone(self.to)!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchToGuided:
+    """Agent (self-service): give up the link; the service starts a guided session."""
+
+
+@dataclass(frozen=True, slots=True)
+class SmsOutcome:
+    """SMS sender: what happened to the link's message (``queued`` in the outbox, ``sent``
+    by a gateway, or ``failed`` with an error code of :data:`control_api.sms.SMS_ERRORS`).
+    ``link`` is the link's number (1, 2, ...): the answer about an older send is ignored."""
+
+    state: Literal["queued", "sent", "failed"]
+    error: str | None = None
+    link: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PageOpened:
+    """Hosted page: the customer opened the link."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProgress:
+    """Hosted page: the customer has ``digits`` characters in ``field`` (counts only, never
+    the values); ``brand`` as the page detects it from the number's first digits."""
+
+    field: FieldName
+    digits: int
+    brand: CardBrand | None = None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SubmitCard:
+    """Hosted page: the customer submitted the card (checked by the session, then sent to
+    the provider as :class:`ProcessPayment`)."""
+
+    card: CardDetails
+    today: date | None = None
+    """The date the expiry is checked against (default: the session's ``today``)."""
+
+    def __repr__(self) -> str:
+        return f"SubmitCard({self.card!r})"
+
+    __str__ = __repr__
 
 
 Input = (
@@ -286,6 +378,12 @@ Input = (
     | CallEnded
     | ProviderResult
     | Restarted
+    | SendLink
+    | SwitchToGuided
+    | SmsOutcome
+    | PageOpened
+    | FieldProgress
+    | SubmitCard
 )
 
 # --------------------------------------------------------------------------------- actions
@@ -354,6 +452,26 @@ class ProcessPayment:
     __str__ = __repr__
 
 
+@dataclass(frozen=True, slots=True)
+class SendPaymentLink:
+    """Self-service: issue link number ``link`` for the session, valid until ``expires_at``
+    (the session's clock: wall time), and send it by SMS to ``to``; answer with
+    :class:`SmsOutcome`."""
+
+    session_id: str
+    to: str
+    expires_at: float
+    link: int
+
+    def __repr__(self) -> str:
+        return (
+            f"SendPaymentLink(session_id={self.session_id!r}, to={_masked_phone(self.to)!r}, "
+            f"link={self.link})"
+        )
+
+    __str__ = __repr__
+
+
 Action = (
     JoinProvider
     | HoldCaller
@@ -362,6 +480,7 @@ Action = (
     | StopDigitCapture
     | ReleaseProviderLeg
     | ProcessPayment
+    | SendPaymentLink
 )
 
 # --------------------------------------------------------------------------- notifications

@@ -141,6 +141,8 @@ __all__ = [
     "SessionError",
     "SessionErrorCode",
     "SessionView",
+    "SmsView",
+    "check_details",
 ]
 
 DECLINE_CODES: Final = frozenset(
@@ -188,6 +190,7 @@ class SessionErrorCode(StrEnum):
     BAD_BILLING = "bad_billing"
     BILLING_CONTAINS_CARD_NUMBER = "billing_contains_card_number"
     UNKNOWN_FIELD = "unknown_field"
+    BAD_PROGRESS = "bad_progress"
 
 
 class SessionError(Exception):
@@ -224,8 +227,26 @@ class FieldView:
 
 
 @dataclass(frozen=True, slots=True)
+class SmsView:
+    """A self-service session's SMS as the agent sees it: ``state`` ``queued``, ``sent`` or
+    ``failed`` (then ``error``, a code of :data:`control_api.sms.SMS_ERRORS`), and the
+    number it went to, masked (``+44*******123``)."""
+
+    state: str
+    error: str | None
+    to: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error, "to": self.to}
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
-    """Exactly what the agent UI may see (the body of ``GET /v1/payments/{id}``)."""
+    """Exactly what the agent UI may see (the body of ``GET /v1/payments/{id}``).
+
+    A self-service view (``method`` ``self_service``) has two more keys: ``sms``
+    (:class:`SmsView`, ``None`` before the first send) and ``link_expires_at`` (unix time,
+    ``None`` before the first send)."""
 
     id: str
     call_id: str
@@ -243,11 +264,13 @@ class SessionView:
     caller_held: bool
     provider_leg: ProviderLegState
     version: int
+    sms: SmsView | None = None
+    link_expires_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, amount as a decimal string (``"12.50"``)."""
         billing = self.billing
-        return {
+        doc: dict[str, Any] = {
             "id": self.id,
             "call_id": self.call_id,
             "profile": self.profile,
@@ -274,6 +297,10 @@ class SessionView:
             "provider_leg": self.provider_leg.value,
             "version": self.version,
         }
+        if self.method == "self_service":
+            doc["sms"] = self.sms.to_dict() if self.sms else None
+            doc["link_expires_at"] = self.link_expires_at
+        return doc
 
 
 class _Field:
@@ -319,6 +346,50 @@ class _Field:
         return FieldView(
             self.name, self.state, self.count, self.masked, self.brand, valid, self.error
         )
+
+
+def check_details(profile: PaymentProfile, event: SetDetails) -> tuple[Decimal, BillingDetails]:
+    """The amount (quantized to the currency) and billing details of ``event`` if
+    ``profile`` takes them; else :class:`SessionError` (no input in its message)."""
+    if event.currency != profile.currency:
+        raise SessionError(
+            SessionErrorCode.CURRENCY_NOT_ALLOWED,
+            f"profile {profile.name!r} takes {profile.currency} only",
+        )
+    amount = event.amount
+    if not isinstance(amount, Decimal) or not amount.is_finite():
+        raise SessionError(SessionErrorCode.BAD_AMOUNT, "amount must be a decimal number")
+    if not profile.min_amount <= amount <= profile.max_amount:
+        raise SessionError(
+            SessionErrorCode.AMOUNT_OUT_OF_RANGE,
+            f"amount must be {profile.min_amount}-{profile.max_amount} {profile.currency}",
+        )
+    places = currency_exponent(profile.currency)
+    quantum = Decimal(1).scaleb(-places)
+    if amount != amount.quantize(quantum):
+        raise SessionError(
+            SessionErrorCode.BAD_AMOUNT,
+            f"{profile.currency} amounts have at most {places} decimals",
+        )
+    billing = event.billing
+    texts = (billing.name, billing.address, billing.postal_code, billing.country)
+    if any(_CARD_LIKE.search(t) for t in texts):
+        raise SessionError(
+            SessionErrorCode.BILLING_CONTAINS_CARD_NUMBER,
+            "billing details must not hold a long number: the caller keys the card",
+        )
+    if not billing.name.strip() or len(billing.name) > MAX_NAME:
+        raise SessionError(SessionErrorCode.BAD_BILLING, f"name must be 1-{MAX_NAME} characters")
+    if len(billing.address) > MAX_ADDRESS or len(billing.postal_code) > 20:
+        raise SessionError(
+            SessionErrorCode.BAD_BILLING,
+            f"address at most {MAX_ADDRESS} characters, postal code at most 20",
+        )
+    if billing.country and not re.fullmatch(r"[A-Z]{2}", billing.country):
+        raise SessionError(
+            SessionErrorCode.BAD_BILLING, "country must be an ISO 3166 code such as GB"
+        )
+    return amount.quantize(quantum), billing
 
 
 # ------------------------------------------------------------------------------ machine
@@ -489,49 +560,7 @@ class PaymentSession:
             SessionState.CAPTURING,
             SessionState.READY,
         )
-        profile = self.profile
-        if event.currency != profile.currency:
-            raise SessionError(
-                SessionErrorCode.CURRENCY_NOT_ALLOWED,
-                f"profile {profile.name!r} takes {profile.currency} only",
-            )
-        amount = event.amount
-        if not isinstance(amount, Decimal) or not amount.is_finite():
-            raise SessionError(SessionErrorCode.BAD_AMOUNT, "amount must be a decimal number")
-        if not profile.min_amount <= amount <= profile.max_amount:
-            raise SessionError(
-                SessionErrorCode.AMOUNT_OUT_OF_RANGE,
-                f"amount must be {profile.min_amount}-{profile.max_amount} {profile.currency}",
-            )
-        places = currency_exponent(profile.currency)
-        quantum = Decimal(1).scaleb(-places)
-        if amount != amount.quantize(quantum):
-            raise SessionError(
-                SessionErrorCode.BAD_AMOUNT,
-                f"{profile.currency} amounts have at most {places} decimals",
-            )
-        billing = event.billing
-        texts = (billing.name, billing.address, billing.postal_code, billing.country)
-        if any(_CARD_LIKE.search(t) for t in texts):
-            raise SessionError(
-                SessionErrorCode.BILLING_CONTAINS_CARD_NUMBER,
-                "billing details must not hold a long number: the caller keys the card",
-            )
-        if not billing.name.strip() or len(billing.name) > MAX_NAME:
-            raise SessionError(
-                SessionErrorCode.BAD_BILLING, f"name must be 1-{MAX_NAME} characters"
-            )
-        if len(billing.address) > MAX_ADDRESS or len(billing.postal_code) > 20:
-            raise SessionError(
-                SessionErrorCode.BAD_BILLING,
-                f"address at most {MAX_ADDRESS} characters, postal code at most 20",
-            )
-        if billing.country and not re.fullmatch(r"[A-Z]{2}", billing.country):
-            raise SessionError(
-                SessionErrorCode.BAD_BILLING, "country must be an ISO 3166 code such as GB"
-            )
-        self.amount = amount.quantize(quantum)
-        self.billing = billing
+        self.amount, self.billing = check_details(self.profile, event)
 
     def _start_capture(self, now: float, out: list[Output]) -> None:
         self._require(SessionState.AWAITING_DETAILS)

@@ -1,0 +1,549 @@
+"""The self-service payment session: a sans-I/O state machine, the sibling of
+:class:`~control_api.session.PaymentSession`.
+
+The customer gets an SMS with a link to the hosted payment page and types the card there; the
+agent's view is the guided one (``fields`` with states, digit counts and asterisks,
+``required``, ``result``, ``error``, ``version``) plus ``sms`` (``state`` queued / sent /
+failed, ``error``, ``to`` masked) and ``link_expires_at``. The call is not needed: the
+session does not end when the call does, and it survives a process restart
+(:meth:`SelfServiceSession.snapshot` / :meth:`SelfServiceSession.restore`).
+
+``now`` is **wall-clock time** (seconds since the epoch): deadlines (the link's expiry) must
+mean the same after a restart. ``today`` is the date expiries are checked against.
+
+The flow (``state``)::
+
+    created --SetDetails (phone known) or SendLink--> link_sent
+    link_sent --SmsOutcome failed--> sms_failed --SendLink (resend)--> link_sent
+    link_sent / sms_failed --PageOpened or FieldProgress--> customer_active
+    link_sent / sms_failed / customer_active --SubmitCard (valid)--> processing
+    processing --ProviderResult--> finished
+
+================================  ==================  ===========  ==================
+what happened                     when                result       error
+================================  ==================  ===========  ==================
+the link expired (or never sent)  before processing   failed       link_expired
+processing deadline               processing          failed       processing_timeout
+ProviderResult error / declined   processing          failed /     as guided
+                                                      declined
+Cancel                            before processing   cancelled    cancelled
+SwitchToGuided                    before processing   cancelled    switched_to_guided
+Restarted                         processing only     interrupted  process_restart
+================================  ==================  ===========  ==================
+
+A ``created`` session waits for the amount (``SetDetails``); if the agent gave the phone
+number when creating it, setting the details sends the link at once (the agent's "Send
+payment link"). The deadline of a ``created`` session is its creation plus the profile's
+``link_ttl_s``. ``CallEnded`` is recorded and changes nothing else. The hosted page reports
+key presses as counts (:class:`~control_api.events.FieldProgress`), never values, so the
+agent sees asterisks filling exactly as in a guided payment.
+
+**Card data**: the card arrives once, in :class:`~control_api.events.SubmitCard`; it is
+validated (a refusal raises :class:`~control_api.cards.CardValidationError`, which names the
+field and a code, never the input, and leaves that field ``invalid`` in the view) and handed
+on in the :class:`~control_api.events.ProcessPayment` action. Nothing here keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import date
+from decimal import Decimal
+from typing import Any, Final
+
+from control_api.cards import (
+    CardBrand,
+    CardDetails,
+    CardError,
+    CardValidationError,
+    mask_digits,
+    mask_pan,
+    validate_card,
+)
+from control_api.events import (
+    BillingDetails,
+    CallEnded,
+    Cancel,
+    ErrorCode,
+    FieldName,
+    FieldProgress,
+    FieldState,
+    FieldUpdated,
+    Input,
+    LateProviderResult,
+    Output,
+    PageOpened,
+    Proceed,
+    Process,
+    ProcessPayment,
+    ProviderLegState,
+    ProviderResult,
+    ResetField,
+    Restarted,
+    Result,
+    SendLink,
+    SendPaymentLink,
+    SessionFinished,
+    SessionState,
+    SessionUpdated,
+    SetDetails,
+    SmsOutcome,
+    StartCapture,
+    SubmitCard,
+    SwitchToGuided,
+)
+from control_api.links import PageView
+from control_api.profiles import PaymentProfile, ProviderConfig
+from control_api.session import (
+    DECLINE_CODES,
+    FieldView,
+    SessionError,
+    SessionErrorCode,
+    SessionView,
+    SmsView,
+    check_details,
+)
+from control_api.sms import is_e164, mask_phone
+
+__all__ = ["MAX_FIELD_CHARS", "SelfServiceSession"]
+
+MAX_FIELD_CHARS: Final = {
+    FieldName.CARD_NUMBER: 19,
+    FieldName.EXPIRY: 4,
+    FieldName.CVV: 4,
+    FieldName.POSTAL_CODE: 10,
+}
+"""The most characters the page may report for a field."""
+WAITING: Final = (SessionState.LINK_SENT, SessionState.SMS_FAILED, SessionState.CUSTOMER_ACTIVE)
+"""States in which the customer may use the page."""
+BEFORE_PROCESSING: Final = (SessionState.CREATED, *WAITING)
+_GUIDED_ONLY: Final = "self-service: the customer enters the card on the payment page"
+
+
+class _Progress:
+    """What the page reported of one field: a count, never a value."""
+
+    __slots__ = ("brand", "count", "error", "masked", "name", "state")
+
+    def __init__(self, name: FieldName) -> None:
+        self.name = name
+        self.state = FieldState.PENDING
+        self.count = 0
+        self.brand: CardBrand | None = None
+        self.error: CardError | None = None
+        self.masked = ""
+
+    def __repr__(self) -> str:
+        return f"_Progress({self.name.value}, {self.state.value}, digits={self.count})"
+
+    def view(self) -> FieldView:
+        valid = {FieldState.COMPLETE: True, FieldState.INVALID: False}.get(self.state)
+        return FieldView(
+            self.name, self.state, self.count, self.masked, self.brand, valid, self.error
+        )
+
+
+class SelfServiceSession:
+    """One self-service payment (SMS link, hosted page). See the module docstring."""
+
+    def __init__(
+        self,
+        session_id: str,
+        call_id: str,
+        profile: PaymentProfile,
+        provider: ProviderConfig,
+        *,
+        today: date,
+        now: float,
+        phone: str | None = None,
+    ) -> None:
+        if profile.method != "self_service":
+            raise ValueError(f"profile {profile.name!r} is not a self-service profile")
+        if provider.name != profile.provider:
+            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
+        if phone is not None and not is_e164(phone):
+            raise ValueError("phone must be an E.164 number")
+        self.id = session_id
+        self.call_id = call_id
+        self.profile = profile
+        self.provider = provider
+        self.today = today
+        self.created_at = now
+        self.state = SessionState.CREATED
+        self.result: Result | None = None
+        self.error: ErrorCode | None = None
+        self.reference: str | None = None
+        self.amount: Decimal | None = None
+        self.currency = profile.currency
+        self.billing: BillingDetails | None = None
+        self.version = 1
+        self.call_ended: str | None = None
+        self.phone = phone
+        self.sms: SmsView | None = None
+        self.link_expires_at: float | None = None
+        self.links_sent = 0
+        self._fields = {name: _Progress(name) for name in profile.fields}
+        self._deadline: float | None = now + profile.link_ttl_s
+
+    def __repr__(self) -> str:
+        return (
+            f"SelfServiceSession(id={self.id!r}, call_id={self.call_id!r}, "
+            f"state={self.state.value}, version={self.version})"
+        )
+
+    # -- public surface
+
+    @property
+    def finished(self) -> bool:
+        return self.state is SessionState.FINISHED
+
+    @property
+    def method(self) -> str:
+        return "self_service"
+
+    def view(self) -> SessionView:
+        """The agent's view: the guided shape plus ``sms`` and ``link_expires_at``."""
+        fields = tuple(f.view() for f in self._fields.values())
+        required = tuple(f.name for f in self._fields.values() if f.state != FieldState.COMPLETE)
+        return SessionView(
+            id=self.id,
+            call_id=self.call_id,
+            profile=self.profile.name,
+            method="self_service",
+            state=self.state,
+            fields=fields,
+            required=required,
+            result=self.result,
+            error=self.error,
+            reference=self.reference,
+            amount=self.amount,
+            currency=self.currency,
+            billing=self.billing,
+            caller_held=False,
+            provider_leg=ProviderLegState.NONE,
+            version=self.version,
+            sms=self.sms,
+            link_expires_at=self.link_expires_at,
+        )
+
+    def page_view(self, merchant: str) -> PageView:
+        """What the customer's page shows (no card data; the amount as a string)."""
+        return PageView(
+            session_id=self.id,
+            merchant=merchant,
+            purpose=self.profile.purpose,
+            amount=str(self.amount) if self.amount is not None else "",
+            currency=self.currency,
+            fields=tuple(f.value for f in self._fields),
+            state=self.state.value,
+            result=self.result.value if self.result else None,
+            error=self.error.value if self.error else None,
+        )
+
+    @property
+    def takes_card(self) -> bool:
+        """Whether the page may report progress and submit now."""
+        return self.state in WAITING
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    def handle_timer(self, now: float) -> list[Output]:
+        if self._deadline is None or now < self._deadline:
+            return []
+        return self._run(self._timeout)
+
+    def handle(self, event: Input, now: float) -> list[Output]:
+        """Apply one input. Inputs the state refuses raise :class:`SessionError`; a refused
+        card raises :class:`CardValidationError` (after the view shows the field invalid)."""
+        refused: list[CardValidationError] = []
+
+        def step(out: list[Output]) -> None:
+            try:
+                self._dispatch(event, now, out)
+            except CardValidationError as exc:
+                refused.append(exc)
+
+        outputs = self._run(step)
+        if refused:
+            raise refused[0]
+        return outputs
+
+    # -- plumbing
+
+    def _run(self, step: Callable[[list[Output]], None]) -> list[Output]:
+        before_fields = {name: f.view() for name, f in self._fields.items()}
+        before = self.view()
+        out: list[Output] = []
+        step(out)
+        for name, f in self._fields.items():
+            v = f.view()
+            b = before_fields[name]
+            if (v.state, v.digits, v.brand, v.error) != (b.state, b.digits, b.brand, b.error):
+                out.append(FieldUpdated(self.id, name, v.state, v.digits, v.brand, v.error))
+        if self.view() != before:
+            self.version += 1
+            out.append(SessionUpdated(self.id, self.version, self.state))
+        return out
+
+    def _require(self, *states: SessionState) -> None:
+        if self.state not in states:
+            allowed = ", ".join(s.value for s in states)
+            raise SessionError(
+                SessionErrorCode.WRONG_STATE,
+                f"not allowed in state {self.state.value} (only in {allowed})",
+            )
+
+    def _dispatch(self, event: Input, now: float, out: list[Output]) -> None:
+        match event:
+            case SetDetails():
+                self._require(SessionState.CREATED)
+                self.amount, self.billing = check_details(self.profile, event)
+                if self.phone is not None:
+                    self._send(self.phone, now, out)
+            case SendLink(to=to):
+                self._require(SessionState.CREATED, SessionState.LINK_SENT, SessionState.SMS_FAILED)
+                if self.amount is None:
+                    raise SessionError(
+                        SessionErrorCode.DETAILS_REQUIRED,
+                        "set amount, currency and billing before the link is sent",
+                    )
+                if not is_e164(to):
+                    raise ValueError("to must be an E.164 number")
+                self._send(to, now, out)
+            case SmsOutcome():
+                self._sms_outcome(event)
+            case PageOpened():
+                if self.state in (SessionState.LINK_SENT, SessionState.SMS_FAILED):
+                    self.state = SessionState.CUSTOMER_ACTIVE
+            case FieldProgress():
+                self._progress(event)
+            case SubmitCard(card=card, today=today):
+                self._submit(card, today or self.today, now, out)
+            case ProviderResult():
+                self._provider_result(event, out)
+            case Cancel():
+                self._require(*BEFORE_PROCESSING)
+                self._finish(Result.CANCELLED, ErrorCode.CANCELLED, out)
+            case SwitchToGuided():
+                self._require(*BEFORE_PROCESSING)
+                self._finish(Result.CANCELLED, ErrorCode.SWITCHED_TO_GUIDED, out)
+            case CallEnded(by=by):
+                if not self.finished:
+                    self.call_ended = by  # the customer may still pay by the link
+            case Restarted():
+                if self.state is SessionState.PROCESSING:  # the provider's answer is lost
+                    self._finish(Result.INTERRUPTED, ErrorCode.PROCESS_RESTART, out)
+            case Proceed() | StartCapture() | ResetField() | Process():
+                raise SessionError(SessionErrorCode.WRONG_STATE, _GUIDED_ONLY)
+            case _:
+                pass  # key presses, provider-leg and hold events: not this method's
+
+    # -- the link
+
+    def _send(self, to: str, now: float, out: list[Output]) -> None:
+        self.phone = to
+        self.links_sent += 1
+        self.link_expires_at = round(now + self.profile.link_ttl_s, 3)
+        self.sms = SmsView("queued", None, mask_phone(to))
+        self.state = SessionState.LINK_SENT
+        self._deadline = self.link_expires_at
+        out.append(SendPaymentLink(self.id, to, self.link_expires_at, self.links_sent))
+
+    def _sms_outcome(self, event: SmsOutcome) -> None:
+        if self.finished or self.sms is None or event.link != self.links_sent:
+            return  # an answer about an older message, or too late to matter
+        self.sms = SmsView(
+            event.state, event.error if event.state == "failed" else None, self.sms.to
+        )
+        if event.state == "failed" and self.state is SessionState.LINK_SENT:
+            self.state = SessionState.SMS_FAILED
+
+    # -- the page
+
+    def _progress(self, event: FieldProgress) -> None:
+        if not self.takes_card:
+            raise SessionError(SessionErrorCode.WRONG_STATE, "the payment page is closed")
+        field = self._fields.get(event.field)
+        if field is None:
+            raise SessionError(
+                SessionErrorCode.UNKNOWN_FIELD,
+                f"this payment does not take {event.field.value}",
+            )
+        limit = MAX_FIELD_CHARS[event.field]
+        if not isinstance(event.digits, int) or not 0 <= event.digits <= limit:
+            raise SessionError(
+                SessionErrorCode.BAD_PROGRESS, f"{event.field.value} has 0-{limit} characters"
+            )
+        self.state = SessionState.CUSTOMER_ACTIVE
+        field.count = event.digits
+        field.state = FieldState.CAPTURING if event.digits else FieldState.PENDING
+        field.error = None
+        field.masked = mask_digits(event.digits)
+        if field.name is FieldName.CARD_NUMBER:
+            field.brand = event.brand if event.digits else None
+
+    def _submit(self, card: CardDetails, today: date, now: float, out: list[Output]) -> None:
+        if not self.takes_card:
+            raise SessionError(SessionErrorCode.WRONG_STATE, "the payment page is closed")
+        wants_postal = FieldName.POSTAL_CODE in self._fields
+        if wants_postal and not (card.postal_code or "").strip():
+            self._refuse(CardValidationError(CardError.EMPTY, FieldName.POSTAL_CODE.value))
+        if not wants_postal and card.postal_code is not None:
+            card = CardDetails(card.number, card.expiry, card.cvv)
+        try:
+            brand = validate_card(card, today)
+        except CardValidationError as exc:
+            self._refuse(exc)
+        assert self.amount is not None and self.billing is not None
+        lengths = {
+            FieldName.CARD_NUMBER: len(card.number),
+            FieldName.EXPIRY: len(card.expiry),
+            FieldName.CVV: len(card.cvv),
+            FieldName.POSTAL_CODE: len((card.postal_code or "").strip()),
+        }
+        for name, field in self._fields.items():
+            field.state = FieldState.COMPLETE
+            field.error = None
+            field.count = lengths[name]
+            field.masked = mask_digits(field.count)
+            if name is FieldName.CARD_NUMBER:
+                field.brand = brand
+                field.masked = mask_pan(
+                    card.number, valid=True, show_last_four=self.profile.show_last_four
+                )
+        self.state = SessionState.PROCESSING
+        self._deadline = now + self.provider.processing_timeout_s
+        out.append(
+            ProcessPayment(
+                self.id, self.provider.name, self.amount, self.currency, self.billing, card
+            )
+        )
+
+    def _refuse(self, exc: CardValidationError) -> None:
+        """The field the page must fix shows ``invalid`` with the code; then raise."""
+        try:
+            name = FieldName(exc.field)
+        except ValueError:
+            raise exc from None
+        field = self._fields.get(name)
+        if field is not None:
+            field.state = FieldState.INVALID
+            field.error = exc.code
+        self.state = SessionState.CUSTOMER_ACTIVE
+        raise exc
+
+    # -- the provider and the clock
+
+    def _provider_result(self, event: ProviderResult, out: list[Output]) -> None:
+        if self.finished:
+            out.append(LateProviderResult(self.id, event.outcome, event.reference))
+            return
+        if self.state is not SessionState.PROCESSING:
+            return
+        if event.outcome == "approved":
+            self._finish(Result.SUCCEEDED, None, out, event.reference)
+        elif event.outcome == "declined":
+            code = event.code if event.code in DECLINE_CODES else ErrorCode.CARD_DECLINED
+            self._finish(Result.DECLINED, code, out, event.reference)
+        else:
+            code = event.code or ErrorCode.PROCESSING_ERROR
+            if code in DECLINE_CODES:
+                code = ErrorCode.PROCESSING_ERROR
+            self._finish(Result.FAILED, code, out, event.reference)
+
+    def _timeout(self, out: list[Output]) -> None:
+        if self.state is SessionState.PROCESSING:
+            self._finish(Result.FAILED, ErrorCode.PROCESSING_TIMEOUT, out)
+        elif self.state in BEFORE_PROCESSING:
+            self._finish(Result.FAILED, ErrorCode.LINK_EXPIRED, out)
+        else:
+            self._deadline = None
+
+    def _finish(
+        self,
+        result: Result,
+        error: ErrorCode | None,
+        out: list[Output],
+        reference: str | None = None,
+    ) -> None:
+        """The one way to ``finished``. No call actions: this method never touched the call."""
+        self.state = SessionState.FINISHED
+        self.result = result
+        self.error = error
+        self.reference = reference
+        self._deadline = None
+        out.append(SessionFinished(self.id, result, error, reference))
+
+    # -- restart
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What :meth:`restore` needs besides the view (``None`` once finished): the profile
+        and provider as they started, amount, billing, phone, the link's number, the
+        deadline. No card data (there is none to keep)."""
+        if self.finished:
+            return None
+        profile = asdict(self.profile)
+        profile.update(
+            min_amount=str(self.profile.min_amount),
+            max_amount=str(self.profile.max_amount),
+            fields=[f.value for f in self.profile.fields],
+        )
+        return {
+            "profile": profile,
+            "provider": asdict(self.provider),
+            "today": self.today.isoformat(),
+            "created_at": self.created_at,
+            "amount": str(self.amount) if self.amount is not None else None,
+            "billing": asdict(self.billing) if self.billing is not None else None,
+            "phone": self.phone,
+            "links_sent": self.links_sent,
+            "deadline": self._deadline,
+            "call_ended": self.call_ended,
+        }
+
+    @classmethod
+    def restore(cls, view: dict[str, Any], resume: dict[str, Any]) -> SelfServiceSession:
+        """The session as it was stored (``view``: the agent's view; ``resume``:
+        :meth:`snapshot`). Raises ``ValueError``/``KeyError``/``TypeError`` on a bad row."""
+        p = dict(resume["profile"])
+        p.update(
+            min_amount=Decimal(p["min_amount"]),
+            max_amount=Decimal(p["max_amount"]),
+            fields=tuple(FieldName(f) for f in p["fields"]),
+        )
+        profile = PaymentProfile(**p)
+        provider = ProviderConfig(**resume["provider"])
+        session = cls(
+            view["id"],
+            view["call_id"],
+            profile,
+            provider,
+            today=date.fromisoformat(resume["today"]),
+            now=float(resume["created_at"]),
+            phone=resume.get("phone"),
+        )
+        session.state = SessionState(view["state"])
+        session.version = int(view["version"])
+        if resume.get("amount") is not None:
+            session.amount = Decimal(resume["amount"])
+        if resume.get("billing") is not None:
+            session.billing = BillingDetails(**resume["billing"])
+        session.links_sent = int(resume.get("links_sent", 0))
+        session._deadline = resume.get("deadline")
+        session.call_ended = resume.get("call_ended")
+        session.link_expires_at = view.get("link_expires_at")
+        sms = view.get("sms")
+        if sms is not None:
+            session.sms = SmsView(sms["state"], sms["error"], sms["to"])
+        for f in view["fields"]:
+            field = session._fields[FieldName(f["name"])]
+            field.state = FieldState(f["state"])
+            field.count = int(f["digits"])
+            field.masked = str(f["masked"])
+            field.brand = CardBrand(f["brand"]) if f["brand"] else None
+            field.error = CardError(f["error"]) if f.get("error") else None
+        if session.view().to_dict() | {"billing": None} != view | {"billing": None}:
+            raise ValueError(f"session {session.id}: the stored view does not restore")
+        return session
