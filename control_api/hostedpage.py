@@ -662,6 +662,22 @@ class HostedPage:
             ),
         ]
 
+    def _secure(self, request: web.Request) -> bool:
+        """Over TLS: directly, or (``trust_forwarded``) as the reverse proxy says."""
+        if request.secure:
+            return True
+        if not self._trust_forwarded:
+            return False
+        proto = request.headers.get("X-Forwarded-Proto", "")
+        return proto.rsplit(",", 1)[-1].strip().lower() == "https"
+
+    async def secure_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: the security headers on every answer under ``/pay/``."""
+        if request.path.startswith("/pay/") or request.path == "/pay":
+            response.headers.update(SECURITY_HEADERS)
+            if self._secure(request):
+                response.headers["Strict-Transport-Security"] = HSTS
+
     def _client(self, request: web.Request) -> str:
         if self._trust_forwarded:
             forwarded = request.headers.get("X-Forwarded-For", "")
@@ -729,7 +745,7 @@ class HostedPage:
             path=f"/pay/{token}",
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=self._secure(request),
         )
 
     # -- answers
@@ -1039,13 +1055,6 @@ class PayLinkAccessLogger(AbstractAccessLogger):
 HOSTED_PAGE: Final = web.AppKey("hosted_page", HostedPage)
 
 
-async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path.startswith("/pay/") or request.path == "/pay":
-        response.headers.update(SECURITY_HEADERS)
-        if request.secure:
-            response.headers["Strict-Transport-Security"] = HSTS
-
-
 def add_hosted_page(
     app: web.Application,
     service: PageService,
@@ -1061,8 +1070,9 @@ def add_hosted_page(
 
     ``limits``: :class:`PageLimits`; ``csrf_key``: the CSRF HMAC key (default random per
     process); ``clock`` (monotonic seconds) and ``today`` for tests; ``trust_forwarded``: take
-    the client address from the last ``X-Forwarded-For`` entry, for a node behind exactly one
-    trusted reverse proxy (otherwise the header is ignored: anyone can send it)."""
+    the client address from the last ``X-Forwarded-For`` entry and TLS from
+    ``X-Forwarded-Proto`` (cookie ``Secure``, HSTS), for a node behind exactly one trusted
+    reverse proxy (otherwise those headers are ignored: anyone can send them)."""
     page = HostedPage(
         service,
         limits=limits,
@@ -1072,7 +1082,7 @@ def add_hosted_page(
         trust_forwarded=trust_forwarded,
     )
     app[HOSTED_PAGE] = page
-    app.on_response_prepare.append(_secure_headers)
+    app.on_response_prepare.append(page.secure_headers)
     r = app.router
     names = "|".join(re.escape(a.name) for a in ASSETS)
     r.add_get(f"/pay/static/{{name:(?:{names})}}", page.static)

@@ -310,6 +310,23 @@ async def test_csrf_cookie_is_strict_httponly_and_scoped_to_the_link(rig: Rig) -
 
 
 @pytest.mark.asyncio
+async def test_behind_a_trusted_tls_proxy() -> None:
+    fake = FakePageService()
+    token = fake.add()
+    app = web.Application()
+    add_hosted_page(app, fake, today=lambda: TODAY, trust_forwarded=True)
+    async with TestClient(TestServer(app)) as client:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+        async with client.get(f"/pay/{token}", headers=headers) as resp:
+            assert resp.status == 200
+            assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
+            assert "Secure" in resp.headers["Set-Cookie"]
+        async with client.get("/pay/" + "Q" * 44, headers=headers) as resp:
+            assert resp.status == 404
+        assert list(app[HOSTED_PAGE]._bad_ip._hits) == ["198.51.100.7"]  # the client's address
+
+
+@pytest.mark.asyncio
 async def test_second_tab_keeps_the_first_tabs_token(rig: Rig) -> None:
     token = rig.fake.add()
     first = await rig.open(token)
