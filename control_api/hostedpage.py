@@ -375,6 +375,9 @@ def _e(value: object) -> str:
 
 
 def _money(amount: str, currency: str) -> str:
+    """``£12.50``, ``12.50 CHF``; empty while the amount is not set."""
+    if not amount:
+        return ""
     sign = _CURRENCY_SIGNS.get(currency.upper())
     return f"{sign}{amount}" if sign else f"{amount} {currency.upper()}"
 
@@ -501,7 +504,7 @@ def form_page(
             parts[i : i + 2] = [
                 '<div class="field-row">\n' + "\n".join(parts[i : i + 2]) + "\n</div>"
             ]
-    pay_label = f"Pay {_money(view.amount, view.currency)}"
+    pay_label = f"Pay {_money(view.amount, view.currency)}".rstrip()
     body = (
         "<main>\n"
         f"{_header(view)}\n"
@@ -525,7 +528,8 @@ def result_page(view: PageView, reference: str | None) -> str:
     ref = ""
     if result == "succeeded":
         title = "Payment successful"
-        text = f"Thank you. Your payment of {money} to {view.merchant} has been taken."
+        of = f" of {money}" if money else ""
+        text = f"Thank you. Your payment{of} to {view.merchant} has been taken."
         if reference:
             ref = (
                 f'<p class="reference">Reference: <span id="reference">{_e(reference)}</span></p>\n'
