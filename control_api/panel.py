@@ -59,6 +59,7 @@ Stable element ids (the browser tests use them; keep them)::
     payment           the payment box (while one is followed)
     payment-id        the session id
     payment-state     the state in words; data-state holds the API's state
+    payment-amount    "GBP 42.50" once set
     provider-leg      the provider leg's state
     details-form      the amount, currency and billing form
     amount, currency, billing-name, billing-address, billing-postal-code, billing-country
@@ -205,6 +206,7 @@ PANEL_HTML: Final = f"""<!doctype html>
     <dl class="facts">
       <dt>Session</dt><dd id="payment-id"></dd>
       <dt>State</dt><dd id="payment-state" data-state=""></dd>
+      <dt>Amount</dt><dd id="payment-amount"></dd>
       <dt>Provider</dt><dd id="provider-leg"></dd>
     </dl>
 

@@ -434,6 +434,7 @@
     text("payment-state", STATE_WORDS[view.state] || view.state);
     $("payment-state").dataset.state = view.state;
     text("provider-leg", view.provider_leg || "");
+    text("payment-amount", view.amount ? view.currency + " " + view.amount : "not set");
 
     if (formFor !== view.id) fillDetailsForm(view);
     // once capture started the card fields matter: the details fold into one line
