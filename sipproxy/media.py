@@ -13,6 +13,13 @@ stream with its own SSRC, sequence numbers and timestamps (:class:`~sipproxy.rtp
 - Digits from in-band audio, RFC 4733 and SIP INFO are counted once per key press
   (:class:`~dtmfmask.dedup.DigitDeduplicator`) and published as :class:`CallDigit`.
 
+While a payment provider is conferenced in (:meth:`CallMedia.attach_provider`), a third leg
+carries the caller's masked audio to it, with each new digit regenerated as a clean RFC 4733
+event (or in-band tone) while capture is on (:meth:`CallMedia.set_capture`); the provider's
+audio is mixed into what the agent and the caller hear. While the caller is held
+(:meth:`CallMedia.set_hold`) it hears hold audio (:mod:`sipproxy.holdaudio`) instead of the
+agent. Calls with neither keep the fast paths: one attribute check each.
+
 One :class:`MediaEngine` serves every call: it owns the :class:`~dtmfmask.masker.MaskingEngine`
 and, on :meth:`MediaEngine.flush`, runs the caller frames of all calls that arrived since the
 last flush through it in one batched pass per frame length (DESIGN.md "Work is batched").
@@ -260,6 +267,7 @@ class MediaCounters:
     provider_digits_dropped: int = 0  # digit queue full
     provider_events_dropped: int = 0  # telephone-event packets the provider sent us
     provider_unattached: int = 0  # datagrams on the provider socket with no leg attached
+    provider_failures: int = 0  # provider slots that raised (the agent's frame still went)
 
 
 # --------------------------------------------------------------------------- one leg
@@ -519,6 +527,10 @@ class _Provider:
         leg = self.leg
         n = pcm.size
         phase = self._phase
+        if phase in (_EVENT, _EVENT_END) and leg.event_pt is None:
+            # new SDP without telephone-event mid-event: nothing left to end it with
+            self._ev_gen.stop(0)
+            phase = self._phase = _IDLE
         if phase == _IDLE and self.digits and leg.rtp.dest is not None:
             digit = self.digits.popleft()
             counters.digits_to_provider += 1
@@ -1575,8 +1587,12 @@ class MediaEngine:
             if prov is None:
                 continue
             row = out[i]
-            call._provider_slot(row, frames[i][5])
-            add = prov.to_agent.take(row.size)
+            try:
+                call._provider_slot(row, frames[i][5])
+                add = prov.to_agent.take(row.size)
+            except Exception:  # one call's provider leg must not cost the batch its frames
+                call.counters.provider_failures += 1
+                continue
             if add is not None:
                 out[i] = _mix(row, add)
                 call.counters.mix_agent_frames += 1

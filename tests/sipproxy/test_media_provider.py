@@ -458,3 +458,24 @@ def test_the_timer_carries_a_digit_while_the_caller_sends_nothing() -> None:
     for _ in range(20):  # nothing more to say: the timer sends nothing
         h.step()
     assert len(h.provider_rtp()) == n
+
+
+def test_new_provider_sdp_without_telephone_event_mid_digit() -> None:
+    h = ProviderHarness()
+    phone = Phone()
+    h.attach()
+    h.call.set_capture(True)
+    send_audio(h, phone, speechish(0.2, seed=42))
+    h.call.on_sip_info("2", 100, h.now)
+    send_audio(h, phone, speechish(0.06, seed=43))  # the event is under way...
+    h.attach(LegParams("PCMU", event_payload_type=None, remote=PROVIDER))  # ...re-INVITE
+    h.call.on_sip_info("7", 100, h.now + 0.5)
+    send_audio(h, phone, np.zeros(FRAME * 30))
+    assert h.call.counters.provider_failures == 0 and h.call.counters.engine_failures == 0
+    pkts = h.provider_rtp()
+    parsed = [parse_rtp(p) for p in pkts]
+    assert all((b.sequence - a.sequence) & 0xFFFF == 1 for a, b in itertools.pairwise(parsed))
+    assert len({p.ssrc for p in parsed}) == 1
+    audio = audio_of([p for p in pkts if parse_rtp(p).payload_type == 0])
+    found = [e.digit for e in detect_signal(audio) if isinstance(e, DigitStarted)]
+    assert found == ["7"]  # the second digit went in-band
