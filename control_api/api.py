@@ -13,17 +13,25 @@ GET      /v1/calls/{call_id}                    one call
 POST     /v1/calls/{call_id}/hold               hold the caller (hold audio)
 POST     /v1/calls/{call_id}/retrieve           back from hold
 GET      /v1/profiles                           the payment profiles the account may use
-POST     /v1/calls/{call_id}/payments           start a guided payment (``Idempotency-Key``)
+POST     /v1/calls/{call_id}/payments           start a payment (``Idempotency-Key``)
 GET      /v1/payments/{id}                      the agent's view; ETag, ``?wait=`` long-poll
 PATCH    /v1/payments/{id}/details              amount, currency, billing (POST too)
 POST     /v1/payments/{id}/capture              retrieve the caller, start keying
 POST     /v1/payments/{id}/fields/{name}/reset  the caller keys that field again
 POST     /v1/payments/{id}/process              send to the provider (idempotent)
 POST     /v1/payments/{id}/cancel               abandon (before processing)
+POST     /v1/payments/{id}/sms                  self-service: send the link (again)
+POST     /v1/payments/{id}/switch-to-guided     self-service: end it, start a guided one
 POST     /v1/admin/reload                       re-read profiles.yaml (admin role)
 GET      /v1/openapi.json                       this API, OpenAPI 3.1 (no token)
 GET      /healthz, /readyz                      liveness, readiness (no token)
 =======  =====================================  ==============================================
+
+Self-service: ``POST /v1/calls/{call_id}/payments`` with a self-service profile takes
+``{"profile", "phone", "amount", "currency", "billing"}``, all but ``profile`` optional:
+``phone`` (E.164, 422 ``bad_phone`` otherwise) defaults to the caller's number when it is
+one; with the amount the SMS goes at once, without it when the details are set
+(``PATCH .../details``) or on ``POST .../sms``.
 
 Status codes: 401 no or wrong token, 403 another account's call or payment (or not admin),
 403 ``payments_disabled``, 404 unknown, 409 wrong state, 422 bad input, 304 unchanged.
@@ -63,6 +71,7 @@ MAX_BODY: Final = 64 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 _BILLING_KEYS: Final = ("name", "address", "postal_code", "country")
 _DETAILS_KEYS: Final = ("amount", "currency", "billing")
+_CREATE_KEYS: Final = ("profile", "phone", *_DETAILS_KEYS)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -220,14 +229,53 @@ async def list_profiles(request: web.Request) -> web.Response:
     return _json(_service(request).profiles(grant))
 
 
+def _details(data: dict[str, Any]) -> SetDetails:
+    """Amount, currency and billing from a request body (already key-checked)."""
+    amount = parse_amount(data.get("amount"))
+    if amount is None:
+        raise ServiceError(
+            422, "bad_amount", 'amount must be a decimal number or string such as "12.50"'
+        )
+    currency = _text(data, "currency", "body", required=True)
+    billing = data.get("billing")
+    if not isinstance(billing, dict):
+        raise ServiceError(422, "bad_billing", "billing must be an object with a name")
+    _check_keys(billing, _BILLING_KEYS, "billing")
+    return SetDetails(
+        amount,
+        currency,
+        BillingDetails(
+            name=_text(billing, "name", "billing", required=True),
+            address=_text(billing, "address", "billing"),
+            postal_code=_text(billing, "postal_code", "billing"),
+            country=_text(billing, "country", "billing"),
+        ),
+    )
+
+
+def _phone(data: dict[str, Any]) -> str | None:
+    if data.get("phone") is None:
+        return None
+    phone = data["phone"]
+    if not isinstance(phone, str):
+        raise ServiceError(422, "bad_phone", "phone must be an E.164 number such as +447700900123")
+    return phone
+
+
 async def create_payment(request: web.Request) -> web.Response:
     grant = _grant(request)
     data = await _body(request)
-    _check_keys(data, ("profile",), "body")
+    _check_keys(data, _CREATE_KEYS, "body")
     profile = _text(data, "profile", "body", required=True)
     key = request.headers.get("Idempotency-Key")
+    details = _details(data) if any(k in data for k in _DETAILS_KEYS) else None
     doc, created = _service(request).create_payment(
-        grant, request.match_info["call_id"], profile, key
+        grant,
+        request.match_info["call_id"],
+        profile,
+        key,
+        phone=_phone(data),
+        details=details,
     )
     response = _json(doc, 201 if created else 200, etag=doc["version"])
     response.headers["Location"] = f"/v1/payments/{doc['id']}"
@@ -277,26 +325,7 @@ async def set_details(request: web.Request) -> web.Response:
     grant = _grant(request)
     data = await _body(request)
     _check_keys(data, _DETAILS_KEYS, "body")
-    amount = parse_amount(data.get("amount"))
-    if amount is None:
-        raise ServiceError(
-            422, "bad_amount", 'amount must be a decimal number or string such as "12.50"'
-        )
-    currency = _text(data, "currency", "body", required=True)
-    billing = data.get("billing")
-    if not isinstance(billing, dict):
-        raise ServiceError(422, "bad_billing", "billing must be an object with a name")
-    _check_keys(billing, _BILLING_KEYS, "billing")
-    details = SetDetails(
-        amount,
-        currency,
-        BillingDetails(
-            name=_text(billing, "name", "billing", required=True),
-            address=_text(billing, "address", "billing"),
-            postal_code=_text(billing, "postal_code", "billing"),
-            country=_text(billing, "country", "billing"),
-        ),
-    )
+    details = _details(data)
     doc = _service(request).set_details(grant, request.match_info["payment_id"], details)
     return _json(doc, etag=doc["version"])
 
@@ -325,6 +354,25 @@ async def cancel(request: web.Request) -> web.Response:
     grant = _grant(request)
     doc = _service(request).cancel(grant, request.match_info["payment_id"])
     return _json(doc, etag=doc["version"])
+
+
+async def send_link(request: web.Request) -> web.Response:
+    grant = _grant(request)
+    data = await _body(request)
+    _check_keys(data, ("phone",), "body")
+    doc = _service(request).send_link(grant, request.match_info["payment_id"], _phone(data))
+    return _json(doc, etag=doc["version"])
+
+
+async def switch_to_guided(request: web.Request) -> web.Response:
+    grant = _grant(request)
+    data = await _body(request)
+    _check_keys(data, ("profile",), "body")
+    profile = _text(data, "profile", "body") or None
+    doc = _service(request).switch_to_guided(grant, request.match_info["payment_id"], profile)
+    response = _json(doc, 201, etag=doc["version"])
+    response.headers["Location"] = f"/v1/payments/{doc['id']}"
+    return response
 
 
 async def admin_reload(request: web.Request) -> web.Response:
@@ -379,6 +427,8 @@ def make_app(service: PaymentService, config: PaymentsConfig | None = None) -> w
     r.add_post("/v1/payments/{payment_id}/fields/{field}/reset", reset_field)
     r.add_post("/v1/payments/{payment_id}/process", process)
     r.add_post("/v1/payments/{payment_id}/cancel", cancel)
+    r.add_post("/v1/payments/{payment_id}/sms", send_link)
+    r.add_post("/v1/payments/{payment_id}/switch-to-guided", switch_to_guided)
     r.add_post("/v1/admin/reload", admin_reload)
     return app
 

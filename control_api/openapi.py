@@ -35,7 +35,10 @@ API_ERROR_CODES: Final[dict[str, str]] = {
     "invalid_json": "422: the body is not JSON",
     "invalid_body": "422: a key is unknown, missing or of the wrong type",
     "unknown_profile": "422: no such payment profile for the account",
-    "method_not_supported": "422: the profile's method cannot run on a call (self_service)",
+    "bad_phone": "422: phone is not an E.164 number (+ and 7-15 digits, no spaces)",
+    "phone_required": "422: self-service: no phone number known to send the link to",
+    "no_guided_profile": "422: switch-to-guided: the account has no guided profile",
+    "bad_brand": "422: hosted page: no such card brand in a progress report",
     "bad_idempotency_key": "422: Idempotency-Key is not 1-200 printable ASCII characters",
     "idempotency_key_reused": "422: the Idempotency-Key was used for another request",
     "bad_wait": "422: wait is not a number of seconds 0-30",
@@ -49,6 +52,9 @@ API_ERROR_CODES: Final[dict[str, str]] = {
         for c in SessionErrorCode
         if c is not SessionErrorCode.WRONG_STATE
     },
+    "unknown_field": "422: the profile does not take that field (field reset, hosted page)",
+    "details_required": "422: set amount, currency and billing first (capture, send link)",
+    "bad_progress": "422: hosted page: a field's character count is out of range",
 }
 """Every ``error.code`` the API answers with, and when."""
 
@@ -163,11 +169,13 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "id": _string("the session id (pay_...)"),
             "call_id": _string("the call it runs on"),
             "profile": _string("the profile's id"),
-            "method": _enum(["guided"]),
+            "method": _enum(["guided", "self_service"]),
             "state": _enum(
                 State,
-                "created -> provider_joining -> awaiting_details -> capturing -> ready -> "
-                "processing -> finished; any state may go to finished",
+                "guided: created -> provider_joining -> awaiting_details -> capturing -> "
+                "ready -> processing -> finished; self-service: created -> link_sent "
+                "(sms_failed) -> customer_active -> processing -> finished; any state may go "
+                "to finished",
             ),
             "fields": {"type": "array", "items": _ref("Field")},
             "required": {
@@ -187,9 +195,65 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 "type": "integer",
                 "description": "grows on every change; the ETag is this number in quotes",
             },
+            "sms": {
+                "oneOf": [_ref("Sms"), {"type": "null"}],
+                "description": "self-service only: the link's SMS (null before the first)",
+            },
+            "link_expires_at": {
+                "type": ["number", "null"],
+                "description": "self-service only: unix time the link expires",
+            },
+        },
+        [
+            "id",
+            "call_id",
+            "profile",
+            "method",
+            "state",
+            "fields",
+            "required",
+            "result",
+            "error",
+            "reference",
+            "amount",
+            "currency",
+            "billing",
+            "caller_held",
+            "provider_leg",
+            "version",
+        ],
+    ),
+    "Sms": _obj(
+        {
+            "state": _enum(["queued", "sent", "failed"], "queued: in the outbox or on its way"),
+            "error": _enum(
+                ["timeout", "unreachable", "rejected", "gateway_error", "outbox_error"],
+                "why it failed",
+                nullable=True,
+            ),
+            "to": _string("the number, masked: +44*******123"),
         }
     ),
-    "CreatePayment": _obj({"profile": _string("a profile id from GET /v1/profiles")}),
+    "CreatePayment": _obj(
+        {
+            "profile": _string("a profile id from GET /v1/profiles"),
+            "phone": _string(
+                "self-service: E.164 number for the link (default: the caller's number if "
+                "it is E.164)"
+            ),
+            "amount": {
+                "type": ["string", "number"],
+                "description": "self-service: with currency and billing, sends the link at once",
+            },
+            "currency": _string("self-service: the profile's currency"),
+            "billing": _ref("Billing"),
+        },
+        ["profile"],
+    ),
+    "SendLink": _obj({"phone": _string("E.164; default: the number the link went to before")}, []),
+    "SwitchToGuided": _obj(
+        {"profile": _string("a guided profile; default: same provider and currency")}, []
+    ),
     "Details": _obj(
         {
             "amount": {
@@ -321,7 +385,7 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/v1/calls/{call_id}/payments": {
         "post": _op(
-            "Start a guided payment on the call",
+            "Start a payment on the call (guided, or self-service by SMS link)",
             {
                 **_ok("Payment", 201, etag=True, why="created; Location names it"),
                 **_ok("Payment", 200, etag=True, why="the Idempotency-Key's earlier session"),
@@ -341,8 +405,10 @@ _PATHS: Final[dict[str, Any]] = {
                 },
             ],
             body=_ref("CreatePayment"),
-            description="The provider is dialled into the call and the caller held at once. "
-            "One live session per call (409 session_in_progress).",
+            description="Guided: the provider is dialled into the call and the caller held at "
+            "once. Self-service: the link is sent by SMS to phone as soon as the amount is "
+            "known (in this body, or PATCH details later). One live session per call (409 "
+            "session_in_progress).",
         )
     },
     "/v1/profiles": {"get": _op("Payment profiles the account may use", _ok("ProfileList"))},
@@ -396,6 +462,36 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/payments/{payment_id}/cancel": _payment_action(
         "Abandon the payment", "Refused once processing started (409 wrong_state)."
     ),
+    "/v1/payments/{payment_id}/sms": {
+        "post": _op(
+            "Self-service: send the payment link by SMS (again)",
+            _ok("Payment", etag=True),
+            403,
+            404,
+            409,
+            422,
+            params=[_PAYMENT_ID],
+            body=_ref("SendLink"),
+            description="Allowed in created (once the details are set), link_sent and "
+            "sms_failed. A new link is issued and the earlier one stops working; the SMS "
+            "state shows in the view (sms).",
+        )
+    },
+    "/v1/payments/{payment_id}/switch-to-guided": {
+        "post": _op(
+            "Self-service: end it and start a guided payment on the call",
+            _ok("Payment", 201, etag=True, why="the new guided session; Location names it"),
+            403,
+            404,
+            409,
+            422,
+            params=[_PAYMENT_ID],
+            body=_ref("SwitchToGuided"),
+            description="The self-service session ends cancelled / switched_to_guided; the "
+            "amount and billing carry over. 409 call_not_up if the call has ended (the "
+            "customer can still pay by the link), 409 wrong_state once processing.",
+        )
+    },
     "/v1/admin/reload": {
         "post": _op(
             "Re-read profiles.yaml (admin token)",
@@ -421,8 +517,9 @@ def openapi_document() -> dict[str, Any]:
             "info": {
                 "title": "dtmfmask control API",
                 "version": "1.0.0",
-                "description": "Guided card payments on live calls: the agent sees field "
-                "progress and asterisks, never card digits. Errors are "
+                "description": "Card payments on live calls, guided (keypad) or self-service "
+                "(SMS link to a hosted page): the agent sees field progress and asterisks, "
+                "never card digits. Errors are "
                 '{"error": {"code", "message"}}; codes are listed in x-error-codes.',
             },
             "servers": [{"url": "/"}],

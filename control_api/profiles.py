@@ -30,7 +30,21 @@ settings; the reference for every key is the comment beside it in ``profiles.yam
   provider), ``provider``, ``currency`` and ``min_amount``/``max_amount`` (written as decimals:
   ``12.50``), ``fields`` (``[card_number, expiry, cvv]``, optionally ``postal_code`` last),
   ``masking`` (what the agent hears per key: ``tone``, ``silence``, ``noise``),
-  ``show_last_four``, and the timeouts.
+  ``show_last_four``, the timeouts, and ``link_ttl_s`` (self-service).
+
+Self-service payments (SMS link to the hosted page) add two optional sections:
+
+- ``links``: ``base_url``, where customers open ``<base_url>/pay/<token>`` (default
+  ``http://<api.listen>``), and ``secret`` as ``env: NAME`` (at least 32 characters), the
+  key that signs links. It is required when the file has a self-service profile; only a
+  configuration read from no file (tests, the bare default) gets a random key per process,
+  whose links die with the process.
+- ``sms``: ``sender`` (``outbox``, the default: the SQLite ``sms_outbox`` table; ``http``: a
+  gateway), ``text`` (the message, over ``{merchant}``, ``{purpose}``, ``{amount}``,
+  ``{currency}``, ``{url}``, ``{expires}``), and ``http`` (``url``, ``auth`` none / bearer /
+  basic / header with ``auth_header``, ``secret`` as ``env: NAME``, ``content_type`` json or
+  form, ``headers``, ``body``: field name to template over ``{to}``, ``{text}``,
+  ``{sender}``, ``sender``, ``timeout_s``, ``retries``).
 
 With no ``payments:`` section the result is :func:`default_payments`: the sandbox provider and
 no accounts (no token opens the API). Errors name file, line, column and key, all at once, in
@@ -55,6 +69,7 @@ from typing import Final, Literal, TypeVar
 import yaml
 
 from control_api.events import FieldName
+from control_api.sms import HttpSmsConfig
 from control_api.yamlnodes import NodeReader, decode_text
 from sipproxy.config import HostPort
 from sipproxy.yamlreader import kind, read_file, show
@@ -62,17 +77,20 @@ from sipproxy.yamlreader import kind, read_file, show
 __all__ = [
     "DEFAULT_API_LISTEN",
     "DEFAULT_FIELDS",
+    "DEFAULT_SMS_TEXT",
     "DEFAULT_STORAGE_PATH",
     "MIN_TOKEN_LENGTH",
     "Account",
     "ApiConfig",
     "ApiToken",
+    "LinksConfig",
     "MaskStyle",
     "Method",
     "PaymentProfile",
     "PaymentsConfig",
     "ProviderConfig",
     "Role",
+    "SmsConfig",
     "StorageConfig",
     "TokenGrant",
     "WebhookConfig",
@@ -99,6 +117,19 @@ _S = TypeVar("_S", bound=str)
 
 MIN_TOKEN_LENGTH: Final = 32
 MIN_WEBHOOK_SECRET_LENGTH: Final = 32
+MIN_LINK_SECRET_LENGTH: Final = 32
+MAX_SMS_TEXT: Final = 640
+DEFAULT_SMS_TEXT: Final = (
+    "{merchant}: to pay {amount} {currency} ({purpose}) open {url} (valid until {expires})"
+)
+SMS_TEXT_NAMES: Final = ("merchant", "purpose", "amount", "currency", "url", "expires")
+SMS_BODY_NAMES: Final = ("to", "text", "sender")
+SmsSenderKind = Literal["outbox", "http"]
+SmsAuth = Literal["none", "bearer", "basic", "header"]
+SmsContentType = Literal["json", "form"]
+SMS_SENDERS: Final[tuple[SmsSenderKind, ...]] = ("outbox", "http")
+SMS_AUTHS: Final[tuple[SmsAuth, ...]] = ("none", "bearer", "basic", "header")
+SMS_CONTENT_TYPES: Final[tuple[SmsContentType, ...]] = ("json", "form")
 MAX_WEBHOOK_ATTEMPTS: Final = 20
 MAX_URL_LENGTH: Final = 2048
 DEFAULT_FIELDS: Final = (FieldName.CARD_NUMBER, FieldName.EXPIRY, FieldName.CVV)
@@ -236,6 +267,25 @@ class PaymentProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class LinksConfig:
+    """``payments.links``: self-service payment links (:mod:`control_api.links`).
+    ``secret`` ``None``: a random key per process (allowed only with no file)."""
+
+    base_url: str = ""
+    """Where customers open ``<base_url>/pay/<token>``; empty: ``http://<api.listen>``."""
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsConfig:
+    """``payments.sms``: how payment links are sent (:mod:`control_api.sms`)."""
+
+    sender: SmsSenderKind = "outbox"
+    text: str = DEFAULT_SMS_TEXT
+    http: HttpSmsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentsConfig:
     """The ``payments:`` section."""
 
@@ -245,6 +295,15 @@ class PaymentsConfig:
     source: str = "<embedded default>"
     api: ApiConfig = field(default_factory=ApiConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+
+    def link_base_url(self) -> str:
+        """``links.base_url``, else the control API's own address."""
+        if self.links.base_url:
+            return self.links.base_url.rstrip("/")
+        host, port = self.api.listen.host, self.api.listen.port
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def account_for_number(self, called: str) -> str | None:
         """The account a call to ``called`` belongs to (best match of the accounts'
@@ -289,7 +348,7 @@ def load_payments(
     ``env`` (default ``os.environ``) supplies ``env:`` tokens. Raises ``ConfigError``."""
     if path is None:
         return default_payments()
-    cfg = parse_payments(read_file(path), filename=str(path), env=env)
+    cfg = parse_payments(read_file(path), filename=str(path), env=env, from_file=True)
     store = cfg.storage.path
     if store != ":memory:" and not Path(store).is_absolute():
         resolved = str(Path(path).resolve().parent / store)
@@ -298,10 +357,17 @@ def load_payments(
 
 
 def parse_payments(
-    text: str | bytes, *, filename: str = "<string>", env: Mapping[str, str] | None = None
+    text: str | bytes,
+    *,
+    filename: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    from_file: bool = False,
 ) -> PaymentsConfig:
-    """Validate the ``payments:`` section of YAML ``text``; errors name ``filename``."""
+    """Validate the ``payments:`` section of YAML ``text``; errors name ``filename``.
+    ``from_file``: the text is a configuration file (then self-service profiles need
+    ``links.secret``)."""
     reader = _Reader(NodeReader(filename, decode_text(text, filename)), env or os.environ)
+    reader.from_file = from_file
     return reader.read()
 
 
@@ -333,6 +399,7 @@ class _Reader:
     def __init__(self, nodes: NodeReader, env: Mapping[str, str]) -> None:
         self.r = nodes
         self.env = env
+        self.from_file = False
 
     def read(self) -> PaymentsConfig:
         r = self.r
@@ -342,7 +409,11 @@ class _Reader:
             if node is None:
                 return PaymentsConfig({}, default_payments().providers, {}, source=r.filename)
             top = (
-                r.mapping(node, "payments", ("accounts", "providers", "profiles", "api", "storage"))
+                r.mapping(
+                    node,
+                    "payments",
+                    ("accounts", "providers", "profiles", "api", "storage", "links", "sms"),
+                )
                 or {}
             )
             accounts = self._ids(top.get("accounts"), "payments.accounts", self._account)
@@ -358,9 +429,18 @@ class _Reader:
             self._check_numbers(top.get("accounts"), accounts)
             api = self._api(top.get("api"))
             storage = self._storage(top.get("storage"))
+            links = self._links(top.get("links"), profiles, node)
+            sms = self._sms(top.get("sms"))
             r.raise_problems()
             return PaymentsConfig(
-                accounts, providers, profiles, source=r.filename, api=api, storage=storage
+                accounts,
+                providers,
+                profiles,
+                source=r.filename,
+                api=api,
+                storage=storage,
+                links=links,
+                sms=sms,
             )
         finally:
             r.close()
@@ -613,6 +693,194 @@ class _Reader:
             r.problem(m["path"], "payments.storage.path", "must name a file, not a directory")
             return StorageConfig()
         return StorageConfig(path)
+
+    # -- links and sms (self-service)
+
+    def _env_secret(self, node: yaml.Node, dotted: str, min_len: int) -> str | None:
+        """A secret given as ``{env: NAME}`` (never in the file), at least ``min_len``."""
+        r = self.r
+        if not isinstance(node, yaml.MappingNode):
+            r.problem(
+                node,
+                dotted,
+                "secrets are never written in this file: give {env: VARIABLE} (the secret in "
+                "an environment variable)",
+            )
+            return None
+        m = r.mapping(node, dotted, ("env",), required=("env",))
+        if m is None or "env" not in m:
+            return None
+        var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
+        if var is None:
+            return None
+        if not _ENV.match(var):
+            r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
+            return None
+        value = self.env.get(var)
+        if value is None:
+            r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
+            return None
+        if len(value) < min_len:
+            r.problem(
+                m["env"],
+                f"{dotted}.env",
+                f"the secret in {var} is too short (at least {min_len} characters: use a "
+                "random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            )
+            return None
+        return value
+
+    def _links(
+        self,
+        node: yaml.Node | None,
+        profiles: Mapping[str, PaymentProfile],
+        top: yaml.Node,
+    ) -> LinksConfig:
+        r = self.r
+        m = (r.mapping(node, "payments.links", ("base_url", "secret")) or {}) if node else {}
+        base = ""
+        if "base_url" in m:
+            sub = "payments.links.base_url"
+            got = r.string(m["base_url"], sub, "an http(s) URL", max_len=MAX_URL_LENGTH)
+            problem = _url_problem(got) if got is not None else None
+            if got is not None and problem is None and urllib.parse.urlsplit(got).query:
+                problem = "must not have a ?query"
+            if problem is not None:
+                r.problem(m["base_url"], sub, f"{problem}, got {got!r}")
+            elif got is not None:
+                base = got.rstrip("/")
+        secret = None
+        if "secret" in m:
+            secret = self._env_secret(m["secret"], "payments.links.secret", MIN_LINK_SECRET_LENGTH)
+        elif self.from_file and any(p.method == "self_service" for p in profiles.values()):
+            r.problem(
+                node if node is not None else top,
+                "payments.links.secret",
+                "self-service profiles need a key to sign payment links: give links: {secret: "
+                "{env: VARIABLE}} (at least 32 characters)",
+            )
+        return LinksConfig(base, secret)
+
+    def _sms(self, node: yaml.Node | None) -> SmsConfig:
+        if node is None:
+            return SmsConfig()
+        r = self.r
+        m = r.mapping(node, "payments.sms", ("sender", "text", "http")) or {}
+        sender = self._opt_choice(m, "payments.sms", "sender", SMS_SENDERS, "outbox")
+        text = DEFAULT_SMS_TEXT
+        if "text" in m:
+            got = r.string(m["text"], "payments.sms.text", "the message", max_len=MAX_SMS_TEXT)
+            if got is not None and self._template(
+                m["text"], "payments.sms.text", got, SMS_TEXT_NAMES
+            ):
+                if "{url}" not in got:
+                    r.problem(m["text"], "payments.sms.text", "must hold {url}: the link")
+                else:
+                    text = got
+        http = self._sms_http(m["http"]) if "http" in m else None
+        if sender == "http" and http is None and "http" not in m:
+            r.problem(node, "payments.sms.http", "sender: http needs an http: section")
+        return SmsConfig(sender, text, http)
+
+    def _template(self, node: yaml.Node, dotted: str, text: str, names: tuple[str, ...]) -> bool:
+        unknown = [
+            n for n in re.findall(r"\{([^{}]*)\}", text.replace("{{", "").replace("}}", ""))
+            if n not in names
+        ]  # fmt: skip
+        if unknown:
+            self.r.problem(
+                node,
+                dotted,
+                f"unknown placeholder {{{unknown[0]}}} (known: "
+                + ", ".join(f"{{{n}}}" for n in names)
+                + "; write {{ and }} for braces)",
+            )
+            return False
+        return True
+
+    def _sms_http(self, node: yaml.Node) -> HttpSmsConfig | None:
+        r = self.r
+        d = "payments.sms.http"
+        keys = (
+            "url", "auth", "auth_header", "secret", "content_type", "headers", "body", "sender",
+            "timeout_s", "retries",
+        )  # fmt: skip
+        m = r.mapping(node, d, keys, required=("url", "body"))
+        if m is None:
+            return None
+        url = None
+        if "url" in m:
+            url = r.string(m["url"], f"{d}.url", "an http(s) URL", max_len=MAX_URL_LENGTH)
+            problem = _url_problem(url) if url is not None else None
+            if problem is not None:
+                r.problem(m["url"], f"{d}.url", f"{problem}, got {url!r}")
+                url = None
+        auth = self._opt_choice(m, d, "auth", SMS_AUTHS, "none")
+        header = "X-Api-Key"
+        if "auth_header" in m:
+            got = r.string(m["auth_header"], f"{d}.auth_header", "an HTTP header name")
+            if got is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", got):
+                r.problem(m["auth_header"], f"{d}.auth_header", f"not a header name: {got!r}")
+            elif got is not None:
+                header = got
+        secret = ""
+        if "secret" in m:
+            secret = self._env_secret(m["secret"], f"{d}.secret", 1) or ""
+        elif auth != "none":
+            r.problem(node, f"{d}.secret", f"auth: {auth} needs secret: {{env: VARIABLE}}")
+        content = self._opt_choice(m, d, "content_type", SMS_CONTENT_TYPES, "json")
+        headers = self._str_map(m.get("headers"), f"{d}.headers", None)
+        body = self._str_map(m.get("body"), f"{d}.body", SMS_BODY_NAMES)
+        if "body" in m and body is not None and not body:
+            r.problem(m["body"], f"{d}.body", "must name at least one field")
+        sender = self._opt_text(m, d, "sender", "the sender name or number the SMS shows")
+        timeout = self._seconds(m, d, "timeout_s", 5.0, 0.5, 60)
+        retries = 2
+        if "retries" in m:
+            ok, value = r.scalar(m["retries"], f"{d}.retries")
+            if ok and type(value) is int and 0 <= value <= 10:
+                retries = value
+            else:
+                got_text = show(value) if ok else kind(m["retries"])
+                r.problem(
+                    m["retries"], f"{d}.retries", f"must be a whole number 0-10, got {got_text}"
+                )
+        if url is None or body is None or headers is None:
+            return None
+        return HttpSmsConfig(
+            url=url,
+            body=body,
+            secret=secret,
+            auth=auth,
+            auth_header=header,
+            content_type=content,
+            headers=headers,
+            sender=sender,
+            timeout_s=timeout,
+            retries=retries,
+        )
+
+    def _str_map(
+        self, node: yaml.Node | None, dotted: str, names: tuple[str, ...] | None
+    ) -> dict[str, str] | None:
+        """A mapping of names to strings (templates over ``names`` when given)."""
+        if node is None:
+            return {}
+        m = self.r.mapping(node, dotted, None)
+        if m is None:
+            return None
+        out: dict[str, str] = {}
+        for key, value in m.items():
+            got = self.r.string(value, f"{dotted}.{key}", "a string", max_len=MAX_SMS_TEXT)
+            if got is None:
+                return None
+            if names is not None and not self._template(value, f"{dotted}.{key}", got, names):
+                return None
+            if names is None and any(c in got for c in "\r\n"):
+                self.r.problem(value, f"{dotted}.{key}", "a header value is one line")
+                return None
+            out[key] = got
+        return out
 
     # -- providers
 

@@ -22,15 +22,25 @@ The session is sans-I/O; everything around it happens here, in one place:
   same view, signed, in the background.
 - **Storage and audit**: the session row is rewritten on every version change; agent
   actions, field state changes, provider events and results are audited (never digits).
+- **Self-service** (:class:`~control_api.selfservice.SelfServiceSession`): the session's
+  ``SendPaymentLink`` becomes a link (:class:`~control_api.links.LinkService`; a resend
+  revokes the earlier link) and an SMS (:class:`~control_api.sms.SmsSender`, the outbox by
+  default), whose outcome goes back in as ``SmsOutcome``. The hosted page calls
+  :meth:`PaymentService.page_view`, :meth:`~PaymentService.page_progress` (counts, never
+  values) and :meth:`~PaymentService.page_submit` (the card, validated by the session, the
+  link marked used, processed by the provider connector). Self-service sessions run on
+  wall-clock time, do not end with the call, and are resumed from storage at
+  :meth:`~PaymentService.start` (a link sent before a restart still works after it).
 - **Rules**: a call belongs to the account whose ``numbers`` match its dialled number
   (others get 403; a call no account claims is 404 for everyone); payments need the
   account's feature on (403 ``payments_disabled``) and a call that is up (409
   ``call_not_up``); one live session per call (409 ``session_in_progress``); a create
   with a used ``Idempotency-Key`` returns the session it created.
 
-Card digits pass through here in two places only, both without being looked at or logged:
-``Digit`` events into the session, and the session's ``ProcessPayment`` into the connector.
-Exceptions around them are logged by type only.
+Card digits pass through here in three places only, none of them looked at or logged:
+``Digit`` events into the session, the hosted page's card into the self-service session
+(:meth:`PaymentService.page_submit`), and the session's ``ProcessPayment`` into the
+connector. Exceptions around them are logged by type only.
 """
 
 from __future__ import annotations
@@ -45,13 +55,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
+from control_api.cards import CardBrand, CardDetails, CardValidationError
 from control_api.connectors import ProviderConnector, make_connector
 from control_api.events import (
     CallEnded,
@@ -59,6 +70,7 @@ from control_api.events import (
     Cancel,
     ErrorCode,
     FieldName,
+    FieldProgress,
     FieldUpdated,
     HoldCaller,
     Input,
@@ -66,6 +78,7 @@ from control_api.events import (
     KeyPressed,
     LateProviderResult,
     Output,
+    PageOpened,
     Proceed,
     Process,
     ProcessPayment,
@@ -76,16 +89,33 @@ from control_api.events import (
     ResetField,
     Restarted,
     RetrieveCaller,
+    SendLink,
+    SendPaymentLink,
     SessionFinished,
+    SessionState,
     SessionUpdated,
     SetDetails,
+    SmsOutcome,
     StartCapture,
     StartDigitCapture,
     StopDigitCapture,
+    SubmitCard,
+    SwitchToGuided,
 )
 from control_api.events import ProviderFailed as SessionProviderFailed
+from control_api.links import LinkError, LinkService, PageView
 from control_api.profiles import PaymentProfile, PaymentsConfig, TokenGrant, load_payments
-from control_api.session import PaymentSession, SessionError, SessionErrorCode
+from control_api.selfservice import SelfServiceSession
+from control_api.session import PaymentSession, SessionError, SessionErrorCode, check_details
+from control_api.sms import (
+    HttpSmsSender,
+    OutboxSender,
+    SmsResult,
+    SmsSender,
+    fill_template,
+    is_e164,
+    mask_phone,
+)
 from control_api.storage import AuditEntry, SessionRecord, Storage
 from control_api.webhooks import WebhookSender
 from sipproxy.callcontrol import (
@@ -116,28 +146,33 @@ _ID_ALPHABET: Final = string.ascii_lowercase  # no digits: ids are never taken f
 
 
 class ServiceError(Exception):
-    """An API-visible refusal: HTTP ``status``, stable ``code``, a sentence without input."""
+    """An API-visible refusal: HTTP ``status``, stable ``code``, a sentence without input;
+    ``field`` names the card field a hosted-page refusal is about (``card_number``...)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.field = field
         super().__init__(f"{status} {code}: {message}")
 
 
 Actor = TokenGrant | None
 """Who did it: a token's account and role, or ``None`` for the system."""
+AnySession = PaymentSession | SelfServiceSession
 
 
 @dataclass(eq=False)
 class _Live:
-    """A session in memory and what the service keeps beside it."""
+    """A session in memory and what the service keeps beside it. ``clock`` is the session's
+    time: the loop's for guided sessions, wall-clock time for self-service ones."""
 
-    session: PaymentSession
+    session: AnySession
     account: str
     connector: ProviderConnector
     created_wall: float
     idempotency_key: str | None
+    clock: Callable[[], float]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
@@ -171,6 +206,8 @@ class PaymentService:
         new_id: Callable[[], str] = _new_id,
         max_finished: int = MAX_FINISHED_IN_MEMORY,
         webhooks: WebhookSender | None = None,
+        links: LinkService | None = None,
+        sms: SmsSender | None = None,
     ) -> None:
         self._config = config
         self._calls = calls
@@ -193,6 +230,10 @@ class PaymentService:
         self.webhooks = webhooks if webhooks is not None else WebhookSender()
         self.webhooks.audit = functools.partial(self._audit, None)
         self.webhooks.configure(config.accounts)
+        self._own_links = links is None
+        self._own_sms = sms is None
+        self.links = links if links is not None else self._make_links(config)
+        self.sms = sms if sms is not None else self._make_sms(config)
 
     def __repr__(self) -> str:
         return f"PaymentService(sessions={len(self._sessions)}, running={self._running})"
@@ -217,6 +258,31 @@ class PaymentService:
         self._running = True
         for sid in self.storage.recovered:
             log.warning("session interrupted by restart", session_id=sid)
+        self._resume_self_service()
+
+    def _resume_self_service(self) -> None:
+        """Self-service sessions waiting for the customer go on after a restart."""
+        for rec in self.storage.live_self_service():
+            if rec.id in self._sessions:
+                continue
+            try:
+                if rec.resume is None:
+                    raise ValueError("no resume data")
+                session = SelfServiceSession.restore(rec.view, rec.resume)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("self-service session not resumed", session_id=rec.id, error=str(exc))
+                continue
+            connector = self._connectors.get(session.provider.name) or self._factory(
+                session.provider, self._calls, today=self._today
+            )
+            live = _Live(
+                session, rec.account, connector, rec.created_at, rec.idempotency_key, self._wall
+            )
+            self._sessions[rec.id] = live
+            if (info := self._calls.call(rec.call_id)) is not None and info.state == "up":
+                self._by_call.setdefault(rec.call_id, live)
+            self._arm(live)
+            log.info("self-service session resumed", session_id=rec.id, state=session.state.value)
 
     async def stop(self) -> None:
         """End every live session (``Restarted``: release, retrieve), cancel timers and
@@ -247,9 +313,16 @@ class PaymentService:
         """Use ``config`` from now on (tokens, accounts, numbers, profiles, providers).
         Sessions in progress keep the profile and provider they started with."""
         connectors = self._make_connectors(config)
+        old = self._config
         self._config = config
         self._connectors = connectors
         self.webhooks.configure(config.accounts)
+        if self._own_links and (
+            config.links != old.links or config.link_base_url() != old.link_base_url()
+        ):
+            self.links = self._make_links(config)
+        if self._own_sms and config.sms != old.sms:
+            self.sms = self._make_sms(config)
         self._audit(actor, None, None, "config_reloaded", {"source": config.source})
         log.info(
             "payments configuration reloaded",
@@ -282,6 +355,15 @@ class PaymentService:
             raise
         self.reload(config, actor)
         return config
+
+    def _make_links(self, config: PaymentsConfig) -> LinkService:
+        secret = config.links.secret.encode() if config.links.secret else None
+        return LinkService(self.storage, secret, config.link_base_url())
+
+    def _make_sms(self, config: PaymentsConfig) -> SmsSender:
+        if config.sms.sender == "http" and config.sms.http is not None:
+            return HttpSmsSender(config.sms.http)
+        return OutboxSender(self.storage, wall=self._wall)
 
     def _make_connectors(self, config: PaymentsConfig) -> dict[str, ProviderConnector]:
         return {
@@ -371,10 +453,17 @@ class PaymentService:
         call_id: str,
         profile_name: str,
         idempotency_key: str | None = None,
+        *,
+        phone: str | None = None,
+        details: SetDetails | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Start a guided payment on the call (the provider is dialled in and the caller held
-        at once). Returns the view and whether it was created now (``False``: the
-        idempotency key's earlier session)."""
+        """Start a payment on the call. Returns the view and whether it was created now
+        (``False``: the idempotency key's earlier session).
+
+        Guided: the provider is dialled in and the caller held at once. Self-service: the
+        link goes by SMS to ``phone`` (E.164; default the caller's number when it is one)
+        as soon as the amount is known: at once when ``details`` are given, else when the
+        agent sets them (or sends with :meth:`send_link`)."""
         account = self._config.accounts.get(grant.account)
         if account is None or not account.payments_enabled:
             raise ServiceError(
@@ -409,10 +498,19 @@ class PaymentService:
         )
         if profile is None:
             raise ServiceError(422, "unknown_profile", "no such payment profile for this account")
-        if profile.method != "guided":
+        if profile.method == "guided" and (phone is not None or details is not None):
             raise ServiceError(
-                422, "method_not_supported", "only guided profiles run on a call here"
+                422, "invalid_body", "phone and details are for self-service profiles only"
             )
+        if phone is not None and not is_e164(phone):
+            raise ServiceError(
+                422, "bad_phone", "phone must be an E.164 number such as +447700900123"
+            )
+        if details is not None:
+            try:
+                check_details(profile, details)
+            except SessionError as exc:
+                raise ServiceError(422, exc.code.value, exc.message) from None
         current = self._by_call.get(call_id)
         if current is not None and not current.session.finished:
             raise ServiceError(
@@ -421,10 +519,26 @@ class PaymentService:
         provider = self._config.providers[profile.provider]
         connector = self._connectors[provider.name]
         loop = self._running_loop()
-        session = PaymentSession(
-            self._new_id(), call_id, profile, provider, today=self._today(), now=loop.time()
-        )
-        live = _Live(session, grant.account, connector, self._wall(), idempotency_key)
+        session: AnySession
+        if profile.method == "self_service":
+            if phone is None and is_e164(info.caller):
+                phone = info.caller
+            session = SelfServiceSession(
+                self._new_id(),
+                call_id,
+                profile,
+                provider,
+                today=self._today(),
+                now=self._wall(),
+                phone=phone,
+            )
+            clock = self._wall
+        else:
+            session = PaymentSession(
+                self._new_id(), call_id, profile, provider, today=self._today(), now=loop.time()
+            )
+            clock = loop.time
+        live = _Live(session, grant.account, connector, self._wall(), idempotency_key, clock)
         try:
             self.storage.insert_session(self._record(live))
         except sqlite3.IntegrityError:  # the same key raced in: same answer as above
@@ -439,16 +553,21 @@ class PaymentService:
             session.id,
             call_id,
             "session_created",
-            {"profile": profile.name, "provider": provider.name},
+            {"profile": profile.name, "provider": provider.name, "method": profile.method},
         )
         log.info(
             "payment session created",
             session_id=session.id,
             call_id=call_id,
             profile=profile.name,
+            method=profile.method,
             account=grant.account,
         )
-        self._feed(live, Proceed(), grant)
+        if isinstance(session, PaymentSession):
+            self._feed(live, Proceed(), grant)
+        elif details is not None:
+            self._act(live, details, grant)
+            self._audit_details(grant, live)
         return session.view().to_dict(), True
 
     def get_payment(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
@@ -493,14 +612,14 @@ class PaymentService:
     ) -> dict[str, Any]:
         live = self._live(grant, session_id)
         self._act(live, details, grant)
-        self._audit(
-            grant,
-            session_id,
-            live.session.call_id,
-            "details_set",
-            {"amount": str(live.session.amount), "currency": live.session.currency},
-        )
+        self._audit_details(grant, live)
         return live.session.view().to_dict()
+
+    def _audit_details(self, grant: TokenGrant, live: _Live) -> None:
+        s = live.session
+        self._audit(
+            grant, s.id, s.call_id, "details_set", {"amount": str(s.amount), "currency": s.currency}
+        )
 
     def start_capture(self, grant: TokenGrant, session_id: str) -> dict[str, Any]:
         live = self._live(grant, session_id)
@@ -538,6 +657,169 @@ class PaymentService:
         self._act(live, Cancel(), grant)
         self._audit(grant, session_id, live.session.call_id, "cancel_requested", {})
         return live.session.view().to_dict()
+
+    # ------------------------------------------------------------------ self-service
+
+    def _self_service(self, grant: TokenGrant, session_id: str) -> tuple[_Live, SelfServiceSession]:
+        live = self._live(grant, session_id)
+        if not isinstance(live.session, SelfServiceSession):
+            raise ServiceError(409, "wrong_state", "only self-service payments have a payment link")
+        return live, live.session
+
+    def send_link(
+        self, grant: TokenGrant, session_id: str, phone: str | None = None
+    ) -> dict[str, Any]:
+        """Send the payment link by SMS (again: the earlier link is revoked), to ``phone``
+        or the number it went to before."""
+        live, session = self._self_service(grant, session_id)
+        if phone is not None and not is_e164(phone):
+            raise ServiceError(
+                422, "bad_phone", "phone must be an E.164 number such as +447700900123"
+            )
+        to = phone or session.phone
+        if to is None:
+            raise ServiceError(
+                422, "phone_required", "give the phone number (E.164) the link goes to"
+            )
+        self._act(live, SendLink(to), grant)
+        self._audit(
+            grant, session_id, session.call_id, "link_send_requested", {"to": mask_phone(to)}
+        )
+        return session.view().to_dict()
+
+    def switch_to_guided(
+        self, grant: TokenGrant, session_id: str, profile_name: str | None = None
+    ) -> dict[str, Any]:
+        """End the self-service session (``cancelled``/``switched_to_guided``) and start a
+        guided one on its call, which must still be up: ``profile_name``, else the account's
+        guided profile with the same provider and currency (else its first guided one). The
+        amount and billing carry over when the guided profile takes them. Returns the new
+        session's view."""
+        live, session = self._self_service(grant, session_id)
+        if session.state not in (
+            SessionState.CREATED,
+            SessionState.LINK_SENT,
+            SessionState.SMS_FAILED,
+            SessionState.CUSTOMER_ACTIVE,
+        ):
+            raise ServiceError(409, "wrong_state", f"not allowed in state {session.state.value}")
+        info = self._calls.call(session.call_id)
+        if info is None or info.state != "up":
+            raise ServiceError(
+                409, "call_not_up", "the call has ended: the customer can still pay by the link"
+            )
+        guided = [p for p in self._config.profiles_for(grant.account) if p.method == "guided"]
+        if profile_name is not None:
+            target = next((p for p in guided if p.name == profile_name), None)
+            if target is None:
+                raise ServiceError(
+                    422, "unknown_profile", "no such guided payment profile for this account"
+                )
+        else:
+            same = [
+                p
+                for p in guided
+                if p.provider == session.profile.provider and p.currency == session.currency
+            ]
+            target = next(iter(same or guided), None)
+            if target is None:
+                raise ServiceError(
+                    422, "no_guided_profile", "the account has no guided payment profile"
+                )
+        self._act(live, SwitchToGuided(), grant)
+        self._by_call.pop(session.call_id, None)
+        doc, _ = self.create_payment(grant, session.call_id, target.name)
+        new = self._sessions[doc["id"]]
+        if session.amount is not None and session.billing is not None:
+            details = SetDetails(session.amount, session.currency, session.billing)
+            try:
+                self._feed(new, details, grant)
+                self._audit_details(grant, new)
+            except SessionError:
+                pass  # the guided profile's limits differ: the agent enters them
+        self._audit(grant, session_id, session.call_id, "switched_to_guided", {"guided": doc["id"]})
+        return new.session.view().to_dict()
+
+    # -- the hosted page (control_api.hostedpage): a link is the only credential
+
+    def _page_session(self, token: str) -> tuple[_Live, SelfServiceSession]:
+        sid = self.links.verify(token, self._wall())
+        live = self._sessions.get(sid)
+        if live is None or not isinstance(live.session, SelfServiceSession):
+            raise LinkError("not_found")  # finished and evicted, or not resumable
+        return live, live.session
+
+    def _merchant(self, account: str) -> str:
+        acct = self._config.accounts.get(account)
+        return acct.name if acct is not None else account
+
+    def page_view(self, token: str) -> PageView:
+        """What the customer's page shows; opening it makes the session ``customer_active``.
+        Raises :class:`LinkError` (the page shows one answer for every code)."""
+        live, session = self._page_session(token)
+        if session.state in (SessionState.LINK_SENT, SessionState.SMS_FAILED):
+            self._feed(live, PageOpened(), None)
+            self._audit(None, session.id, session.call_id, "page_opened", {})
+        return session.page_view(self._merchant(live.account))
+
+    def page_progress(self, token: str, field: str, digits: int, brand: str | None) -> None:
+        """The customer has ``digits`` characters in ``field`` (never the values): the agent
+        sees as many asterisks. Raises :class:`LinkError`, or :class:`ServiceError` 422 for
+        a field the payment does not take or a count out of range, 409 once it is closed."""
+        live, _ = self._page_session(token)
+        try:
+            name = FieldName(field)
+        except ValueError:
+            raise ServiceError(422, "unknown_field", "no such card field") from None
+        if isinstance(digits, bool) or not isinstance(digits, int):
+            raise ServiceError(422, "bad_progress", "digits must be a whole number")
+        card_brand: CardBrand | None = None
+        if brand is not None:
+            try:
+                card_brand = CardBrand(brand)
+            except ValueError:
+                raise ServiceError(422, "bad_brand", "no such card brand") from None
+        try:
+            self._feed(live, FieldProgress(name, digits, card_brand), None)
+        except SessionError as exc:
+            status = 409 if exc.code is SessionErrorCode.WRONG_STATE else 422
+            raise ServiceError(status, exc.code.value, exc.message) from None
+
+    async def page_submit(self, token: str, card: CardDetails) -> PageView:
+        """Validate the card (a refusal is :class:`ServiceError` 422 with the card error code
+        and ``field``; the link stays usable), mark the link used, process through the
+        provider connector, and return the final view. A second submit: ``LinkError``."""
+        live, session = self._page_session(token)
+        try:
+            self._feed(live, SubmitCard(card, self._today()), None)
+        except CardValidationError as exc:
+            del card
+            self._audit(
+                None,
+                session.id,
+                session.call_id,
+                "card_refused",
+                {"field": exc.field, "error": exc.code.value},
+            )
+            raise ServiceError(422, exc.code.value, exc.code.sentence, field=exc.field) from None
+        except SessionError as exc:
+            del card
+            if exc.code is SessionErrorCode.WRONG_STATE:
+                raise LinkError("used") from None
+            raise ServiceError(422, exc.code.value, exc.message) from None
+        del card  # the session handed it to the connector's task; nothing here keeps it
+        if not self.links.use(token, self._wall()):
+            log.error("payment link used twice", session_id=session.id)  # not in one process
+        self._audit(None, session.id, session.call_id, "card_submitted", {})
+        limit = session.provider.processing_timeout_s + 1.0
+        loop = self._running_loop()
+        end = loop.time() + limit
+        while not session.finished and self._running and (left := end - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(live.changed.wait(), left)
+            except TimeoutError:
+                break
+        return session.page_view(self._merchant(live.account))
 
     # -- lookups
 
@@ -577,7 +859,7 @@ class PaymentService:
         """One input into one session, its outputs executed, then queued events handled."""
         was_busy, self._busy = self._busy, True
         try:
-            outputs = live.session.handle(event, self._running_loop().time())
+            outputs = live.session.handle(event, live.clock())
             self._apply(live, outputs)
         finally:
             self._busy = was_busy
@@ -619,6 +901,8 @@ class PaymentService:
                 live.connector.release(call_id)
             case ProcessPayment():
                 self._spawn(live, self._process(live, out))
+            case SendPaymentLink():
+                self._spawn(live, self._send_link(live, out))
             case SessionUpdated():
                 self.storage.update_session(self._record(live))
                 live.changed.set()
@@ -647,6 +931,8 @@ class PaymentService:
                     error=error.value if error else None,
                 )
                 self._finished[sid] = None
+                if isinstance(live.session, SelfServiceSession):
+                    self.links.revoke(sid, self._wall())
                 self._evict()
             case LateProviderResult(outcome=outcome, reference=reference):
                 self._count("late_results")
@@ -714,6 +1000,47 @@ class PaymentService:
             )
             self._feed(live, SessionProviderFailed("error"), None)
 
+    async def _send_link(self, live: _Live, action: SendPaymentLink) -> None:
+        """Issue the link (revoking the session's earlier ones), send it, report back."""
+        session = live.session
+        assert isinstance(session, SelfServiceSession)
+        now = self._wall()
+        try:
+            self.links.revoke(session.id, now)
+            _, url = self.links.issue(session.id, max(1.0, action.expires_at - now), now)
+            expires = datetime.fromtimestamp(action.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            text = fill_template(
+                self._config.sms.text,
+                {
+                    "merchant": self._merchant(live.account),
+                    "purpose": session.profile.purpose or "payment",
+                    "amount": str(session.amount),
+                    "currency": session.currency,
+                    "url": url,
+                    "expires": expires,
+                },
+            )
+            result = await self.sms.send(action.to, text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("payment link not sent", session_id=session.id, error=type(exc).__name__)
+            result = SmsResult("failed", "outbox_error", f"{type(exc).__name__}")
+        self._audit(
+            None,
+            session.id,
+            session.call_id,
+            "sms_" + result.state,
+            {
+                "to": mask_phone(action.to),
+                "link": action.link,
+                "error": result.error,
+                "detail": result.detail,
+                "attempts": result.attempts,
+            },
+        )
+        self._feed(live, SmsOutcome(result.state, result.error, action.link), None)
+
     async def _process(self, live: _Live, request: ProcessPayment) -> None:
         try:
             result = await live.connector.process(request)
@@ -749,7 +1076,11 @@ class PaymentService:
         self._disarm(live)
         if deadline is not None:
             live.timer_at = deadline
-            live.timer = self._running_loop().call_at(deadline, self._fire, live)
+            loop = self._running_loop()
+            at = loop.time() + max(
+                0.0, deadline - live.clock()
+            )  # the session's clock to the loop's
+            live.timer = loop.call_at(at, self._fire, live)
 
     def _disarm(self, live: _Live) -> None:
         if live.timer is not None:
@@ -763,7 +1094,7 @@ class PaymentService:
         live.timer_at = None
         if at is None:
             return
-        now = max(self._running_loop().time(), at)  # call_at may run a hair early
+        now = max(live.clock(), at)  # call_at may run a hair early
         was_busy, self._busy = self._busy, True
         try:
             self._apply(live, live.session.handle_timer(now))
@@ -841,12 +1172,14 @@ class PaymentService:
                 del self._by_call[live.session.call_id]
 
     def _record(self, live: _Live) -> SessionRecord:
+        session = live.session
         return SessionRecord.from_view(
-            live.session.view(),
+            session.view(),
             account=live.account,
             created_at=live.created_wall,
             updated_at=self._wall(),
             idempotency_key=live.idempotency_key,
+            resume=session.snapshot() if isinstance(session, SelfServiceSession) else None,
         )
 
     def _audit(

@@ -43,6 +43,7 @@ __all__ = [
     "SmsResult",
     "SmsSender",
     "SmsState",
+    "fill_template",
     "is_e164",
     "mask_phone",
 ]
@@ -154,7 +155,7 @@ class HttpSmsConfig:
     backoff_s: float = 0.5
 
 
-def _fill(template: str, values: Mapping[str, str]) -> str:
+def fill_template(template: str, values: Mapping[str, str]) -> str:
     """``{name}`` replaced for known names only (``{{`` is a literal brace)."""
 
     def one(m: re.Match[str]) -> str:
@@ -184,7 +185,7 @@ class HttpSmsSender:
         """The headers and body one message is sent with (tests check them)."""
         c = self.config
         values = {"to": to_e164, "text": text, "sender": c.sender}
-        fields = {k: _fill(v, values) for k, v in c.body.items()}
+        fields = {k: fill_template(v, values) for k, v in c.body.items()}
         headers = dict(c.headers)
         if c.content_type == "json":
             headers["Content-Type"] = "application/json"

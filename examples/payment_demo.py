@@ -109,6 +109,7 @@ class AgentUI:
 async def demo(config_path: Path, workdir: Path) -> int:
     os.environ.setdefault("DTMFMASK_DEMO_AGENT_TOKEN", secrets.token_urlsafe(32))
     os.environ.setdefault("DTMFMASK_DEMO_ADMIN_TOKEN", secrets.token_urlsafe(32))
+    os.environ.setdefault("DTMFMASK_LINK_SECRET", secrets.token_urlsafe(32))  # card-link
     token = os.environ["DTMFMASK_DEMO_AGENT_TOKEN"]
     proxy_config = load_config(config_path)
     payments = load_payments(config_path)

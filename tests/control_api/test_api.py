@@ -329,7 +329,8 @@ async def test_409_and_422(api: Api, logs: LogCapture) -> None:
         ({"profile": 3}, None, "invalid_body"),
         ({"profile": "card", "4111111111111111": 1}, None, "invalid_body"),
         ({"profile": "nope"}, None, "unknown_profile"),
-        ({"profile": "link"}, None, "method_not_supported"),
+        ({"profile": "link", "phone": "07700 900123"}, None, "bad_phone"),
+        ({"profile": "card", "phone": "+447700900123"}, None, "invalid_body"),
     ]:
         status, doc, _ = await api.post("/v1/calls/call-a/payments", body=body, raw=raw)
         assert (status, code(doc)) == (422, expected), doc

@@ -24,7 +24,11 @@ from sipproxy.config import ConfigError, load_config
 REPO = Path(__file__).resolve().parents[2]
 AGENT = "agent-token-" + "a" * 32
 ADMIN = "admin-token-" + "b" * 32
-ENV = {"DTMFMASK_DEMO_AGENT_TOKEN": AGENT, "DTMFMASK_DEMO_ADMIN_TOKEN": ADMIN}
+ENV = {
+    "DTMFMASK_DEMO_AGENT_TOKEN": AGENT,
+    "DTMFMASK_DEMO_ADMIN_TOKEN": ADMIN,
+    "DTMFMASK_LINK_SECRET": "l" * 40,
+}
 
 BASE = """
 payments:
@@ -81,7 +85,9 @@ def test_example_file_loads_and_proxy_still_reads_it() -> None:
     assert cfg.source.endswith("profiles.yaml")
     assert cfg.authenticate(AGENT).account == "demo"  # type: ignore[union-attr]
     assert cfg.authenticate(ADMIN).role == "admin"  # type: ignore[union-attr]
-    (profile,) = cfg.profiles_for("demo")
+    guided, link = cfg.profiles_for("demo")
+    assert link.method == "self_service" and link.link_ttl_s == 86400
+    profile = guided
     assert profile.method == "guided" and profile.currency == "GBP"
     assert profile.min_amount == Decimal("1.00") and str(profile.max_amount) == "5000.00"
     assert profile.fields[-1] is FieldName.POSTAL_CODE

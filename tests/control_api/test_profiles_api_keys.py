@@ -19,7 +19,11 @@ from control_api.profiles import (
 from sipproxy.config import ConfigError, HostPort
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {"DTMFMASK_DEMO_AGENT_TOKEN": "a" * 40, "DTMFMASK_DEMO_ADMIN_TOKEN": "b" * 40}
+ENV = {
+    "DTMFMASK_DEMO_AGENT_TOKEN": "a" * 40,
+    "DTMFMASK_DEMO_ADMIN_TOKEN": "b" * 40,
+    "DTMFMASK_LINK_SECRET": "l" * 40,
+}
 
 ACCOUNTS = """
 payments:

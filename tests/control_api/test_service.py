@@ -392,7 +392,6 @@ async def test_calls_belong_to_accounts_by_number() -> None:
     [
         ("nope", "up", 422, "unknown_profile"),
         ("other-card", "up", 422, "unknown_profile"),
-        ("link", "up", 422, "method_not_supported"),
         ("card", "ringing", 409, "call_not_up"),
     ],
 )

@@ -673,6 +673,7 @@ async def test_example_file_documents_a_working_webhook() -> None:
         "DTMFMASK_DEMO_AGENT_TOKEN": "a" * 40,
         "DTMFMASK_DEMO_ADMIN_TOKEN": "b" * 40,
         "DTMFMASK_DEMO_WEBHOOK_SECRET": SECRET,
+        "DTMFMASK_LINK_SECRET": "l" * 40,
     }
     cfg = parse_payments(text.replace(block.group(1), uncommented + "\n"), env=env)
     hook_config = cfg.accounts["demo"].webhook
