@@ -1007,7 +1007,7 @@ class PaymentService:
         now = self._wall()
         try:
             self.links.revoke(session.id, now)
-            _, url = self.links.issue(session.id, max(1.0, action.expires_at - now), now)
+            _, url = self.links.issue(session.id, max(0.001, action.expires_at - now), now)
             expires = datetime.fromtimestamp(action.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
             text = fill_template(
                 self._config.sms.text,
