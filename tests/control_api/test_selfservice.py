@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from control_api.api import make_app
@@ -41,12 +42,18 @@ from control_api.events import (
     SwitchToGuided,
 )
 from control_api.links import LinkError, PageView
-from control_api.profiles import LinksConfig, PaymentsConfig, load_payments, parse_payments
+from control_api.profiles import (
+    LinksConfig,
+    PaymentsConfig,
+    SmsConfig,
+    load_payments,
+    parse_payments,
+)
 from control_api.sandbox import TIMEOUT_CARD
 from control_api.selfservice import SelfServiceSession
 from control_api.service import PaymentService, ServiceError
 from control_api.session import SessionError
-from control_api.sms import SmsResult
+from control_api.sms import HttpSmsConfig, SmsResult
 from control_api.storage import Storage
 from sipproxy.yamlreader import ConfigError
 from tests.control_api.callfakes import FakeCallControl
@@ -69,6 +76,7 @@ from tests.control_api.servicekit import (
     settle,
     until,
 )
+from tests.control_api.test_sms import Gateway
 
 pytestmark = pytest.mark.asyncio
 __all__ = ["logs"]
@@ -824,3 +832,58 @@ async def test_storage_and_views_have_no_billing_or_phone_digits_beyond_the_resu
     assert PHONE not in json.dumps(rec.view)
     assert rec.resume is not None and rec.resume["phone"] == PHONE
     assert isinstance(BillingDetails(**rec.resume["billing"]), BillingDetails)
+
+
+async def test_http_gateway_gets_the_link_and_no_card_data(logs: LogCapture) -> None:
+    gw = Gateway()
+    app = web.Application()
+    app.router.add_post("/send", gw.handle)
+    gw.server = TestServer(app)
+    await gw.server.start_server()
+    try:
+        http = HttpSmsConfig(
+            url=gw.url,
+            body={"to": "{to}", "text": "{text}", "from": "{sender}"},
+            secret="gw-token-" + "z" * 30,
+            auth="bearer",
+            sender="Acme",
+            timeout_s=1,
+            retries=1,
+            backoff_s=0.01,
+        )
+        cfg = replace(config(), sms=SmsConfig("http", "Pay {amount} {currency}: {url}", http))
+        k = Kit(cfg)
+        sid = k.create()
+        await until(lambda: k.view(sid)["sms"]["state"] == "sent")
+        ((headers, body),) = gw.requests
+        sent = json.loads(body)
+        assert sent["to"] == PHONE and sent["from"] == "Acme"
+        assert headers["Authorization"] == "Bearer " + http.secret
+        m = re.fullmatch(
+            r"Pay 12\.50 GBP: https://pay\.example/pay/([A-Za-z0-9_-]{44})", sent["text"]
+        )
+        assert m is not None, sent["text"]
+        final = await k.service.page_submit(m.group(1), card())
+        assert final.result == "succeeded"
+        assert k.storage.outbox() == []  # the gateway sent it, not the outbox
+        gw.plan = [503, 503]
+        k2 = Kit(cfg)
+        sid2 = k2.create("call-b")
+        await until(lambda: k2.view(sid2)["state"] == "sms_failed")
+        assert k2.view(sid2)["sms"]["error"] == "gateway_error"
+        assert_no_leak(logs.text(), k.dump(), k2.dump(), *(b.decode() for _, b in gw.requests))
+        assert http.secret not in logs.text()
+    finally:
+        await gw.server.close()
+
+
+async def test_reload_keeps_the_per_process_link_key() -> None:
+    k = Kit(make_config())
+    k.create()
+    await settle()
+    token = k.token()
+    k.service.reload(make_config(capture_s=99))
+    assert k.service.page_view(token).state == "customer_active"
+    k.service.reload(config())  # a configured secret replaces the random key
+    with pytest.raises(LinkError):
+        k.service.page_view(token)
