@@ -34,6 +34,7 @@ import structlog
 from aiohttp import web
 
 from control_api.api import make_app
+from control_api.hostedpage import add_hosted_page
 from control_api.panel import add_panel
 from control_api.profiles import PaymentsConfig, load_payments
 from control_api.sandbox_ua import SandboxUA
@@ -70,6 +71,7 @@ class Node:
         self.proxy.registry.register(self.service.collect)
         self.app = make_app(self.service)
         self.app.router.add_get("/metrics", self._metrics)
+        add_hosted_page(self.app, self.service)
         add_panel(self.app)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         self.api_port = 0
