@@ -12,8 +12,9 @@ script of our own; nothing third-party (no framework, font or CDN). It uses only
 - ``GET /v1/profiles`` fills the profile dropdown. A guided profile shows "Proceed to
   payment" (``POST /v1/calls/{id}/payments`` with an ``Idempotency-Key``); a self-service one
   shows a phone input (the caller's number when it is E.164) and "Send payment link" (the
-  same route with ``{"profile", "phone"}``; a node without self-service answers 422, which
-  is shown like every other error);
+  same route with ``{"profile", "phone"}``; the session then waits in ``created`` for the
+  amount and billing, and saving them sends the link; a node without self-service answers
+  422, which is shown like every other error);
 - the payment is followed by long-poll: ``GET /v1/payments/{id}?wait=25`` with
   ``If-None-Match`` (304: unchanged, ask again). Each field's asterisks, digit count, state,
   brand and validity are drawn from the view as it changes; per-field reset, the amount /
@@ -63,7 +64,8 @@ Stable element ids (the browser tests use them; keep them)::
     provider-leg      the provider leg's state
     details-form      the amount, currency and billing form
     amount, currency, billing-name, billing-address, billing-postal-code, billing-country
-    details-button    button "Save details"
+    details-button    button "Save details" ("Save details and send link" while a
+                      self-service session waits for its amount)
     details-summary   the details in one line once capture started (the form folds away)
     details-summary-text  "GBP 12.50, Ada Lovelace"
     edit-details-button   button "Edit details" (unfolds the form)

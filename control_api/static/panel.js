@@ -20,6 +20,13 @@
     customer_active: "The customer is on the payment page",
     sms_failed: "The SMS could not be sent",
   };
+  const SMS_ERRORS = {
+    timeout: "the SMS gateway did not answer in time",
+    unreachable: "the SMS gateway could not be reached",
+    rejected: "the SMS gateway refused the message (number or account)",
+    gateway_error: "the SMS gateway failed",
+    outbox_error: "the SMS outbox could not be written",
+  };
   const REASONS = {
     card_declined: "the card was declined",
     insufficient_funds: "insufficient funds",
@@ -431,7 +438,11 @@
     const finished = view.state === "finished";
     text("status", finished ? "" : "Following payment " + view.id + " live.");
     text("payment-id", view.id);
-    text("payment-state", STATE_WORDS[view.state] || view.state);
+    const waitingForAmount = !guided && view.state === "created";
+    text("payment-state", waitingForAmount
+      ? "Enter the amount and billing details: the link is sent when they are saved"
+      : STATE_WORDS[view.state] || view.state);
+    text("details-button", waitingForAmount ? "Save details and send link" : "Save details");
     $("payment-state").dataset.state = view.state;
     text("provider-leg", view.provider_leg || "");
     text("payment-amount", view.amount ? view.currency + " " + view.amount : "not set");
@@ -480,7 +491,8 @@
       text("sms-state", s.state || "");
       $("sms-state").dataset.state = s.state || "";
       text("sms-to", s.to || "");
-      text("sms-error", s.error ? "The SMS failed: " + (REASONS[s.error] || s.error) : "");
+      text("sms-error", s.error ? "The SMS failed: " + (SMS_ERRORS[s.error] || s.error) +
+        " (" + s.error + ")" : "");
       text("link-expires", formatTime(view.link_expires_at));
       show("resend-button", LIVE_SMS_STATES.has(view.state));
       show("sms-phone", LIVE_SMS_STATES.has(view.state));

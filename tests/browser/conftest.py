@@ -187,8 +187,9 @@ class Browser:
         ]
 
 
-@pytest.fixture
-def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Browser]:
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless chromium for the session (starting one costs about 2 s)."""
     missing = chromium_missing()
     if missing is not None:
         if os.environ.get("CI"):
@@ -197,8 +198,8 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Browser]
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    marker = request.node.get_closest_marker("viewport")
-    width, height = VIEWPORTS[marker.args[0] if marker else "desktop"]
+    tmp = tmp_path_factory.mktemp("chromium")
+    width, height = VIEWPORTS["desktop"]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -212,20 +213,40 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Browser]
         "--disable-sync",
         "--password-store=basic",
         f"--window-size={width},{height}",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--user-data-dir={tmp / 'profile'}",
     ):
         options.add_argument(arg)
-    if marker and marker.args[0] == "phone":
-        # a window cannot be narrower than 500 px: emulate the phone's screen instead
-        metrics = {"width": width, "height": height, "pixelRatio": 1.0}
-        options.add_experimental_option("mobileEmulation", {"deviceMetrics": metrics})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(15)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
     try:
-        yield Browser(driver, name)
+        yield driver
     finally:
         driver.quit()
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+        shutil.rmtree(tmp / "profile", ignore_errors=True)
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, chromium: Any) -> Iterator[Browser]:
+    """The session's chromium on a blank page, sized for the test: desktop, or a phone
+    screen (412x915, mobile viewport) with ``@pytest.mark.viewport("phone")``. Each test's
+    server has its own port, so its origin (and sessionStorage) is new."""
+    marker = request.node.get_closest_marker("viewport")
+    viewport = marker.args[0] if marker else "desktop"
+    width, height = VIEWPORTS[viewport]
+    chromium.get("about:blank")
+    if viewport == "phone":
+        # a window cannot be narrower than 500 px: emulate the phone's screen instead
+        chromium.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
+        )
+    chromium.get_log("browser")  # drop what earlier tests left
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+    try:
+        yield Browser(chromium, name)
+    finally:
+        chromium.get("about:blank")
+        if viewport == "phone":
+            chromium.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

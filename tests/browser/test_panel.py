@@ -6,8 +6,9 @@
   caller; the caller keys a test card on the keypad; the panel shows the asterisks grow,
   then ready; "Process transaction"; "Payment succeeded".
 - On the control API over a fake call control (no SIP; fast): a wrong token shows the 401;
-  a self-service profile shows the phone input and "Send payment link", and a node that
-  cannot send links yet says so plainly; field reset and the Hold/Retrieve button.
+  a self-service profile: the phone input, "Send payment link", the amount, the SMS state
+  (test_panel_selfservice.py follows a self-service session to its end); field reset and
+  the Hold/Retrieve button; only /v1 routes called, the payment long-polled.
 
 Every step takes the page's DOM (``driver.page_source``) and the tests scan them all for the
 card: the PAN, any 8 digits of it in a row, the expiry and security code as keyed.
@@ -17,6 +18,7 @@ Screenshots go to ``artifacts/screenshots/<test>-<step>.png``.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -146,10 +148,9 @@ async def test_wrong_token_shows_401_then_signs_in(browser: Browser) -> None:
 
 
 @pytest.mark.viewport("phone")
-async def test_self_service_profile_sends_link_or_says_why(browser: Browser) -> None:
-    """The ``link`` profile is self-service: phone input and "Send payment link". Until the
-    node has self-service payments, the API's refusal is shown plainly; once it has them,
-    the SMS state appears."""
+async def test_self_service_link_on_the_real_service(browser: Browser) -> None:
+    """The ``link`` profile is self-service: phone input and "Send payment link"; the amount
+    and billing saved, the link goes out and the SMS state shows (the outbox sender)."""
     harness = Harness(calls=FakeCallControl(auto_answer=True))
     harness.calls.add_call("call-a", called=ACME_NUMBER)
     async with panel_server(harness) as base:
@@ -168,22 +169,23 @@ async def test_self_service_profile_sends_link_or_says_why(browser: Browser) -> 
         await b.type("phone", "+447700900123")
         await b.click("send-link-button")
 
-        async def outcome() -> str | None:
-            if await b.visible("sms"):
-                return "sms"
-            return "error" if await b.text("error") else None
-
-        if await b.wait("a link sent or an error", outcome) == "error":
-            error = await b.text("error")
-            assert re.search(r"\(422 (invalid_body|method_not_supported)\)", error), error
-            assert "not available on this node" in error, error
-            assert await b.visible("start"), "the agent can still pick another profile"
-            await b.shot("self-service-refused")
-        else:
-            await b.wait_text("sms-state", lambda t: t in {"queued", "sent"})
-            assert "+44" in await b.text("sms-to")
-            await b.shot("self-service-link-sent")
+        await b.wait("the payment box", lambda: b.visible("payment"))
+        assert await b.text("error") == ""
+        # the session waits for the amount; saving the details sends the link
+        await b.wait_attr("payment-state", "data-state", "created")
+        assert await b.text("details-button") == "Save details and send link"
+        assert not await b.visible("process-button")
+        await b.type("amount", "12.50")
+        await b.type("billing-name", "Ada Lovelace")
+        await b.click("details-button")
+        await b.wait_attr("payment-state", "data-state", "link_sent")
+        await b.wait_text("sms-state", lambda t: t in {"queued", "sent"})
+        assert (await b.text("sms-to")).startswith("+44")
+        assert "900123" not in await b.text("sms-to"), "the number is masked"
+        assert await b.text("link-expires")
+        assert await b.text("payment-amount") == "GBP 12.50"
         await b.source()
+        await b.shot("self-service-link-sent")
         await b.blank()
     assert_no_card(b)
 
@@ -261,8 +263,6 @@ async def test_reset_and_hold_on_a_fake_call(browser: Browser) -> None:
 
 
 def baresip_or_skip() -> None:
-    import os
-
     from tests.e2e.baresip import BaresipUnavailable, baresip_path
 
     try:

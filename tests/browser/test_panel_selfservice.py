@@ -67,6 +67,7 @@ class StandIn:
         self.live: str | None = None
         self.changed = asyncio.Event()
         self.bodies: list[tuple[str, Any]] = []
+        self.refuse: str | None = None  # an error code create answers with (an older node)
 
     def new_session(self, method: str, profile: str) -> dict[str, Any]:
         sid = f"pay_{len(self.sessions) + 1}"
@@ -144,6 +145,9 @@ class StandIn:
         self._auth(request)
         body = await request.json()
         self.bodies.append(("create", body))
+        if self.refuse is not None:
+            error = {"code": self.refuse, "message": "body: unknown key; allowed: profile"}
+            return web.json_response({"error": error}, status=422)
         profile = next(p for p in PROFILES if p["name"] == body["profile"])
         view = self.new_session(str(profile["method"]), body["profile"])
         if profile["method"] == "self_service":
@@ -280,4 +284,29 @@ async def test_sms_failed_then_switch_to_guided(browser: Browser) -> None:
         assert await b.text("hold-button") in {"Hold", "Retrieve"}
         assert ("switch", "pay_1") in api.bodies
         await b.shot("2-switched-to-guided")
+        await b.blank()
+
+
+async def test_a_node_without_self_service_is_said_plainly(browser: Browser) -> None:
+    b = browser
+    async with stand_in() as (api, base):
+        api.refuse = "invalid_body"
+        await b.get(f"{base}/panel")
+        await b.wait("the sign-in form", lambda: b.visible("token"))
+        await b.type("token", TOKEN)
+        await b.click("signin-button")
+        await b.wait_text("call-payee", lambda t: t == CALLER)
+        await b.select("profile-select", "link")
+        await b.wait("the self-service box", lambda: b.visible("send-link-button"))
+        await b.click("send-link-button")
+        error = await b.wait_text("error", bool)
+        assert "not available on this node" in error and "(422 invalid_body)" in error, error
+        assert await b.visible("start") and not await b.visible("payment")
+        await b.shot("refused")
+        # the agent can still take the payment guided
+        api.refuse = None
+        await b.select("profile-select", "card")
+        await b.click("proceed-button")
+        await b.wait("the payment box", lambda: b.visible("payment"))
+        assert await b.text("error") == ""
         await b.blank()
