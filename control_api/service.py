@@ -139,6 +139,8 @@ log = structlog.get_logger("control_api.service")
 MAX_WAIT_S: Final = 30.0
 """Longest long-poll wait (``GET /v1/payments/{id}?wait=``)."""
 MAX_IDEMPOTENCY_KEY: Final = 200
+SMS_GRACE_S: Final = 3.0
+"""How long :meth:`PaymentService.stop` waits for payment links being texted."""
 MAX_FINISHED_IN_MEMORY: Final = 1000
 """Finished sessions kept in memory (for late provider events and fast reads); older ones
 are served from storage."""
@@ -227,6 +229,7 @@ class PaymentService:
         self._subscribed = False
         self._running = False
         self.counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._sms_tasks: set[asyncio.Task[None]] = set()
         self.webhooks = webhooks if webhooks is not None else WebhookSender()
         self.webhooks.audit = functools.partial(self._audit, None)
         self.webhooks.configure(config.accounts)
@@ -298,6 +301,8 @@ class PaymentService:
                         session_id=live.session.id,
                         error=type(exc).__name__,
                     )
+        if self._sms_tasks:  # a link being texted: let it go out (the session outlives us)
+            await asyncio.wait(set(self._sms_tasks), timeout=SMS_GRACE_S)
         tasks: list[asyncio.Task[None]] = []
         for live in self._sessions.values():
             self._disarm(live)
@@ -902,7 +907,9 @@ class PaymentService:
             case ProcessPayment():
                 self._spawn(live, self._process(live, out))
             case SendPaymentLink():
-                self._spawn(live, self._send_link(live, out))
+                task = self._spawn(live, self._send_link(live, out))
+                self._sms_tasks.add(task)
+                task.add_done_callback(self._sms_tasks.discard)
             case SessionUpdated():
                 self.storage.update_session(self._record(live))
                 live.changed.set()
@@ -972,10 +979,11 @@ class PaymentService:
             },
         )
 
-    def _spawn(self, live: _Live, coro: Any) -> None:
+    def _spawn(self, live: _Live, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self._running_loop().create_task(coro)
         live.tasks.add(task)
         task.add_done_callback(live.tasks.discard)
+        return task
 
     async def _join(self, live: _Live) -> None:
         if live.session.finished:
@@ -1026,6 +1034,7 @@ class PaymentService:
         except Exception as exc:
             log.error("payment link not sent", session_id=session.id, error=type(exc).__name__)
             result = SmsResult("failed", "outbox_error", f"{type(exc).__name__}")
+        self._count("sms", state=result.state)
         self._audit(
             None,
             session.id,
@@ -1212,6 +1221,11 @@ class PaymentService:
             if dict(k)["what"] == "finished"
         }
         late = sum(v for k, v in self.counts.items() if dict(k)["what"] == "late_results")
+        sms = {
+            as_labels(state=dict(k)["state"]): v
+            for k, v in self.counts.items()
+            if dict(k)["what"] == "sms"
+        }
         live = sum(1 for s in self._sessions.values() if not s.session.finished)
         return [
             counter("dtmfmask_payments_created_total", "Payment sessions created.", created),
@@ -1224,6 +1238,11 @@ class PaymentService:
                 late,
             ),
             gauge("dtmfmask_payments_live", "Payment sessions in progress.", live),
+            counter(
+                "dtmfmask_payments_sms_total",
+                "Self-service payment link messages, by outcome (queued, sent, failed).",
+                sms,
+            ),
             *self.webhooks.collect(),
         ]
 

@@ -5,6 +5,7 @@ and no card data in logs, rows (outbox included), views, responses or exceptions
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import replace
@@ -887,3 +888,21 @@ async def test_reload_keeps_the_per_process_link_key() -> None:
     k.service.reload(config())  # a configured secret replaces the random key
     with pytest.raises(LinkError):
         k.service.page_view(token)
+
+
+async def test_stop_lets_a_link_in_flight_go_out_and_counts_it() -> None:
+    class Slow:
+        async def send(self, to: str, text: str) -> SmsResult:
+            await asyncio.sleep(0.05)
+            return SmsResult("sent")
+
+    k = Kit(sms=Slow())
+    sid = k.create()
+    await k.service.stop()
+    v = k.view(sid)
+    assert (v["state"], v["sms"]["state"]) == ("link_sent", "sent")
+    families = {f.name: f for f in k.service.collect()}
+    assert "dtmfmask_payments_sms_total" in families
+    assert list(k.service.counts.values()).count(1) >= 2 and any(
+        dict(key).get("state") == "sent" for key in k.service.counts
+    )
