@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from control_api import api as api_module
+from control_api.api import make_app as make_api
 from control_api.cards import (
     CardError,
     CardValidationError,
@@ -43,17 +45,27 @@ from control_api.hostedpage import (
     RateLimiter,
     add_hosted_page,
 )
-from control_api.service import ServiceError
+from control_api.profiles import LinksConfig
+from control_api.service import PaymentService, ServiceError
+from control_api.storage import Storage
+from tests.control_api.callfakes import FakeCallControl
 from tests.control_api.pagefakes import FakePageService
 from tests.control_api.servicekit import (
+    ACME_AGENT,
+    ACME_NUMBER,
     ALL_CARDS,
     CARDS,
     DECLINE,
+    DETAILS,
     POSTAL,
     TODAY,
+    WALL,
     LogCapture,
     assert_no_leak,
+    letters,
     logs,
+    make_config,
+    until,
 )
 
 __all__ = ["logs"]
@@ -885,3 +897,170 @@ def test_pay_js_checks_match_cards_py() -> None:
     assert js["cvvs"] == [_py_code(validate_cvv, v, CardBrand(b) if b else None) for v, b in cvvs]
     assert js["postals"] == [_py_code(validate_postal_code, p) for p in postals]
     assert js["messages"] == {f: {c.value: m for c, m in ms.items()} for f, ms in MESSAGES.items()}
+
+
+# ------------------------------------------------------------------------ the real service
+
+PHONE = "+447700900123"
+LINK_SECRET = "link-secret-" + "k" * 32
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = WALL
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Live:
+    """The page over a started PaymentService (self-service profile ``link``, the sandbox
+    connector, the SMS outbox), mounted on the control API's app as the node does."""
+
+    rig: Rig
+    service: PaymentService
+    storage: Storage
+    calls: FakeCallControl
+    wall: Wall
+    sent: int = 0
+
+    async def create(self, call_id: str = "call-a") -> tuple[str, str]:
+        """A self-service payment on a new call: its id and the token from the SMS."""
+        self.calls.add_call(call_id, called=ACME_NUMBER)
+        doc, _ = self.service.create_payment(
+            ACME_AGENT, call_id, "link", phone=PHONE, details=DETAILS
+        )
+        await until(lambda: len(self.storage.outbox()) > self.sent)
+        self.sent += 1
+        body = self.storage.outbox()[-1].body
+        m = re.search(r"/pay/([A-Za-z0-9_-]{44})", body)
+        assert m is not None
+        return str(doc["id"]), m.group(1)
+
+    def agent(self, sid: str) -> dict[str, Any]:
+        return self.service.get_payment(ACME_AGENT, sid)
+
+
+@pytest_asyncio.fixture
+async def live() -> AsyncIterator[Live]:
+    cfg = replace(make_config(), links=LinksConfig("https://pay.example", LINK_SECRET))
+    calls = FakeCallControl()
+    wall = Wall()
+    storage = Storage(":memory:", now=WALL)
+    ids = count()
+    service = PaymentService(
+        cfg,
+        calls,
+        storage,
+        today=lambda: TODAY,
+        wall=wall,
+        new_id=lambda: "pay_" + letters(next(ids)),
+    )
+    service.start()
+    app = make_api(service)
+    add_hosted_page(app, service, csrf_key=b"k" * 32, today=lambda: TODAY)
+    server = TestServer(app)
+    await server.start_server(access_log_class=PayLinkAccessLogger)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    rig = Rig(FakePageService(), app[HOSTED_PAGE], client, Clock(), [])
+    try:
+        yield Live(rig, service, storage, calls, wall)
+    finally:
+        await client.close()
+        await service.stop()
+        storage.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("pan", [VISA, AMEX])
+async def test_real_service_whole_payment(live: Live, pan: str, logs: LogCapture) -> None:
+    sid, token = await live.create()
+    assert live.agent(sid)["state"] == "link_sent"
+    rig = live.rig
+    csrf = await rig.open(token)
+    assert 'id="merchant">Acme<' in rig.seen[-1] and "£12.50" in rig.seen[-1]
+    assert live.agent(sid)["state"] == "customer_active"  # the agent sees the page opened
+    cvv = ALL_CARDS[pan][1]
+    typed = {"card_number": len(pan), "expiry": 4, "cvv": len(cvv), "postal_code": len(POSTAL)}
+    for name, total in typed.items():
+        for n in range(1, total + 1):
+            brand = detect_brand(pan[:n]) if name == "card_number" else None
+            body = {"field": name, "digits": n, "brand": brand and brand.value}
+            status, text, _ = await rig.progress(token, csrf, body)
+            assert status == 204, text
+            field = next(f for f in live.agent(sid)["fields"] if f["name"] == name)
+            assert field["masked"] == "*" * n  # an asterisk per key, as in a guided payment
+    assert live.agent(sid)["fields"][0]["brand"] == validate_pan(pan).value
+    status, text, _ = await rig.submit(token, csrf, **card_form(pan))
+    assert status == 200, text
+    assert 'data-result="succeeded"' in text
+    view = live.agent(sid)
+    assert (view["state"], view["result"]) == ("finished", "succeeded")
+    # the link is spent: the page and a second submit get the one plain answer
+    status, text, _ = await rig.get(f"/pay/{token}")
+    assert (status, text) == (404, INVALID_LINK_PAGE.decode())
+    status, text, _ = await rig.submit(token, csrf, **card_form(pan))
+    assert (status, text) == (404, INVALID_LINK_PAGE.decode())
+    assert token not in logs.text()
+    dump = "\n".join(f"{t}: {r!r}" for t, r in live.storage.dump())
+    assert_no_leak(logs.text(), dump, json.dumps(view), *rig.seen)
+
+
+@pytest.mark.asyncio
+async def test_real_service_declined_and_refused(live: Live, logs: LogCapture) -> None:
+    sid, token = await live.create()
+    rig = live.rig
+    csrf = await rig.open(token)
+    status, text, _ = await rig.submit(token, csrf, **card_form(expiry="0125"))
+    assert status == 422
+    assert MESSAGES["expiry"][CardError.EXPIRED] in text
+    assert live.agent(sid)["state"] == "customer_active"  # refused here: never sent on
+    status, text, _ = await rig.submit(token, csrf, **card_form(DECLINE))
+    assert status == 200
+    assert 'data-result="declined"' in text
+    assert "Your card issuer declined the payment." in text
+    assert live.agent(sid)["result"] == "declined"
+    dump = "\n".join(f"{t}: {r!r}" for t, r in live.storage.dump())
+    assert_no_leak(logs.text(), dump, *rig.seen)
+
+
+@pytest.mark.asyncio
+async def test_real_service_link_abuse(live: Live) -> None:
+    a, token_a = await live.create("call-a")
+    b, token_b = await live.create("call-b")
+    _, token_c = await live.create("call-c")
+    rig = live.rig
+    csrf_c = await rig.open(token_c)
+    assert (await rig.submit(token_c, csrf_c, **card_form()))[0] == 200
+    last = token_a[-1]
+    bad = {
+        "tampered": token_a[:-1] + ("A" if last != "A" else "B"),
+        "other session's": token_a[:22] + token_b[22:],
+        "used": token_c,
+        "unknown": "Q" * 44,
+    }
+    for case, token in bad.items():
+        status, text, resp = await rig.get(f"/pay/{token}")
+        assert (status, text) == (404, INVALID_LINK_PAGE.decode()), case
+        assert "Set-Cookie" not in resp.headers
+    live.wall.now += 73 * 3600  # past any link's life
+    status, text, _ = await rig.get(f"/pay/{token_b}")
+    assert (status, text) == (404, INVALID_LINK_PAGE.decode())
+    for sid in (a, b):
+        assert live.agent(sid)["state"] in ("link_sent", "finished")  # nobody opened them
+    assert rig.page.count("bad_link") == len(bad) + 1
+
+
+@pytest.mark.asyncio
+async def test_real_service_progress_refusals(live: Live) -> None:
+    sid, token = await live.create()
+    rig = live.rig
+    csrf = await rig.open(token)
+    status, text, _ = await rig.progress(
+        token, csrf, {"field": "expiry", "digits": 9, "brand": None}
+    )
+    assert status == 422, text
+    assert json.loads(text)["error"]["code"] == "bad_progress"
+    assert live.agent(sid)["fields"][1]["masked"] == ""
