@@ -35,7 +35,8 @@ microphone, geolocation and the Payment Request API, ``X-Robots-Tag: noindex``, 
 ``Strict-Transport-Security`` when the request came over TLS.
 
 **Script inventory (PCI DSS 6.4.3).** :data:`ASSETS` lists every script and stylesheet the
-page loads, with why it is there and its SHA-256. The page loads them with Subresource
+page loads, with why it is there and its SHA-256 (:data:`SCRIPTS`: the scripts among them,
+which is ``pay.js`` alone). The page loads them with Subresource
 Integrity (``integrity="sha256-..."``), and :func:`add_hosted_page` refuses to start if a file
 on disk differs from its inventoried hash: a change to pay.js is authorised by changing the
 hash here, in review. There is no inline script or style (the CSP would block it anyway).
@@ -122,6 +123,7 @@ __all__ = [
     "HOSTED_PAGE",
     "INVALID_LINK_PAGE",
     "MESSAGES",
+    "SCRIPTS",
     "SECURITY_HEADERS",
     "Asset",
     "HostedPage",
@@ -173,6 +175,9 @@ ASSETS: Final[tuple[Asset, ...]] = (
     ),
 )
 """Every script and stylesheet on the payment page (PCI DSS 6.4.3). Nothing else loads."""
+
+SCRIPTS: Final[tuple[Asset, ...]] = tuple(a for a in ASSETS if a.name.endswith(".js"))
+"""The script inventory proper: ``pay.js`` and nothing else."""
 
 _JS: Final = ASSETS[0]
 _CSS: Final = ASSETS[1]

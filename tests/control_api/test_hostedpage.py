@@ -38,6 +38,7 @@ from control_api.hostedpage import (
     HOSTED_PAGE,
     INVALID_LINK_PAGE,
     MESSAGES,
+    SCRIPTS,
     STATIC_DIR,
     HostedPage,
     PageLimits,
@@ -178,6 +179,8 @@ def no_values_echoed(text: str) -> None:
 
 
 def test_assets_match_their_inventoried_hashes() -> None:
+    assert [s.name for s in SCRIPTS] == ["pay.js"]  # the page's only script
+    assert sorted(p.name for p in STATIC_DIR.glob("pay.*")) == sorted(a.name for a in ASSETS)
     for asset in ASSETS:
         body = (STATIC_DIR / asset.name).read_bytes()
         assert hashlib.sha256(body).hexdigest() == asset.sha256, (
