@@ -5,11 +5,15 @@ Nothing is downloaded at test time: the browser is ``/usr/bin/chromium`` and the
 ``chromium-driver`` packages). Without them the tests skip with the reason, except under CI
 (env ``CI`` set), where their absence is a failure.
 
-The ``browser`` fixture gives a :class:`Browser`: a desktop-sized window by default, a phone
-(412x915) with ``@pytest.mark.viewport("phone")``. Tests here are asyncio tests whose server
-(the node, or the control API on a fake call control) runs on the test's own loop, so every
-WebDriver call (a blocking HTTP round trip to chromedriver) goes through
-``asyncio.to_thread``: the loop keeps serving the page's requests meanwhile.
+The ``browser`` fixture gives a :class:`Browser` on one chromium shared by the session: a
+desktop-sized window by default, a phone screen (412x915, emulated: a window cannot be
+narrower than 500 px) with ``@pytest.mark.viewport("phone")``. ``customer_browser`` is a
+second, separate chromium (own profile) on a phone screen, for the customer's page.
+
+Tests here are asyncio tests whose server (the node, or the control API on a fake call
+control) runs on the test's own loop, so every WebDriver call (a blocking HTTP round trip to
+chromedriver) goes through ``asyncio.to_thread``: the loop keeps serving the page's requests
+meanwhile.
 :meth:`Browser.shot` writes ``artifacts/screenshots/<test>-<step>.png``.
 """
 
@@ -187,9 +191,9 @@ class Browser:
         ]
 
 
-@pytest.fixture(scope="session")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless chromium for the session (starting one costs about 2 s)."""
+def launch_chromium(tmp: Path) -> Any:
+    """A new headless chromium (desktop window) with its profile under ``tmp``; skips (or,
+    under CI, fails) when chromium is not installed."""
     missing = chromium_missing()
     if missing is not None:
         if os.environ.get("CI"):
@@ -198,7 +202,6 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    tmp = tmp_path_factory.mktemp("chromium")
     width, height = VIEWPORTS["desktop"]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -220,11 +223,48 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(15)
+    return driver
+
+
+def phone_screen(driver: Any, on: bool = True) -> None:
+    """Emulate a phone's screen (a window cannot be narrower than 500 px)."""
+    if on:
+        width, height = VIEWPORTS["phone"]
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
+        )
+    else:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _test_name(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless chromium for the session (starting one costs about 2 s)."""
+    tmp = tmp_path_factory.mktemp("chromium")
+    driver = launch_chromium(tmp)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(tmp / "profile", ignore_errors=True)
+
+
+@pytest.fixture
+def customer_browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Browser]:
+    """A second, separate chromium (its own profile: cookies, storage) on a phone screen:
+    the customer beside the agent's ``browser``."""
+    driver = launch_chromium(tmp_path)
+    phone_screen(driver)
+    try:
+        yield Browser(driver, _test_name(request) + "-customer")
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 @pytest.fixture
@@ -234,19 +274,10 @@ def browser(request: pytest.FixtureRequest, chromium: Any) -> Iterator[Browser]:
     server has its own port, so its origin (and sessionStorage) is new."""
     marker = request.node.get_closest_marker("viewport")
     viewport = marker.args[0] if marker else "desktop"
-    width, height = VIEWPORTS[viewport]
     chromium.get("about:blank")
-    if viewport == "phone":
-        # a window cannot be narrower than 500 px: emulate the phone's screen instead
-        chromium.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
-        )
+    phone_screen(chromium, viewport == "phone")
     chromium.get_log("browser")  # drop what earlier tests left
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
     try:
-        yield Browser(chromium, name)
+        yield Browser(chromium, _test_name(request))
     finally:
         chromium.get("about:blank")
-        if viewport == "phone":
-            chromium.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
