@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import socket
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from control_api.node import Node
 from control_api.profiles import parse_payments
+from dtmfmask.tones import SAMPLE_RATE, dbm0_to_amplitude
 from sipproxy.config import parse_config
 from tests.e2e.baresip import BaresipUA
 
@@ -150,12 +152,14 @@ class PayRig:
         tmp: Path,
         *,
         source: np.ndarray | None = None,
+        agent_source: np.ndarray | None = None,
         answer_timeout: float = 3.0,
         processing_timeout: float = 3.0,
         hold_timeout: float = 60.0,
     ) -> None:
         self.tmp = tmp
-        self.source = source
+        self.source = source  # what the caller sends (None: silence)
+        self.agent_source = agent_source  # what the agent sends (None: silence)
         self.answer_timeout = answer_timeout
         self.processing_timeout = processing_timeout
         self.hold_timeout = hold_timeout
@@ -165,6 +169,7 @@ class PayRig:
         self.caller: BaresipUA | None = None
         self.node: Node | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.config_text = ""
 
     async def __aenter__(self) -> PayRig:
         try:
@@ -175,9 +180,11 @@ class PayRig:
         return self
 
     async def _start(self) -> None:
-        self.agent_ua = BaresipUA("agent", workdir=self.tmp / "agent", auto_answer=True)
+        self.agent_ua = BaresipUA(
+            "agent", workdir=self.tmp / "agent", auto_answer=True, source=self.agent_source
+        )
         await self.agent_ua.start()
-        text = CONFIG.format(
+        self.config_text = CONFIG.format(
             media_lo=12000 + (self.sandbox_port % 40) * 200,
             media_hi=12000 + (self.sandbox_port % 40) * 200 + 198,
             pbx_port=self.agent_ua.sip_port,
@@ -192,14 +199,13 @@ class PayRig:
                 for n, p in PROFILES.items()
             ),
         )
-        self.node = Node(parse_config(text), parse_payments(text))
-        await self.node.start()
+        node = await self.start_node()
         self.http = aiohttp.ClientSession()
         self.caller = BaresipUA(
             "caller",
             workdir=self.tmp / "caller",
             source=self.source,
-            outbound=f"127.0.0.1:{self.node.proxy.sip.udp_port}",
+            outbound=f"127.0.0.1:{node.proxy.sip.udp_port}",
         )
         await self.caller.start()
 
@@ -213,6 +219,24 @@ class PayRig:
             self.node = None
         if self.agent_ua is not None:
             await self.agent_ua.stop()
+
+    async def start_node(self) -> Node:
+        """A node on the rig's configuration and database file (a second one after
+        :meth:`stop_node` is the same node restarted: same SIP, sandbox and media ports
+        as configured, new control API port)."""
+        assert self.node is None, "stop the running node first"
+        node = Node(parse_config(self.config_text), parse_payments(self.config_text))
+        await node.start()
+        self.node = node
+        return node
+
+    async def stop_node(self) -> Node:
+        """Stop the node as SIGTERM does (live sessions end ``interrupted``); the stopped
+        node is returned (its sandbox UA keeps the dialogs it saw)."""
+        node, self.node = self.node, None
+        assert node is not None
+        await node.stop()
+        return node
 
     def agent(self, token: str = AGENT_TOKEN) -> Agent:
         assert self.node is not None and self.http is not None
@@ -247,3 +271,67 @@ class PayRig:
             return "\n".join(out)
         finally:
             con.close()
+
+
+# ------------------------------------------------------------------------------ audio checks
+
+AGENT_TONE_HZ = 1000.0
+"""What the agent says in the failure tests: a steady tone no hold chime (440/550 Hz), sandbox
+prompt (425 Hz) or DTMF pair comes near, so the caller's recording shows whom they heard."""
+
+
+def agent_tone(seconds: float = 60.0, hz: float = AGENT_TONE_HZ, level_dbm0: float = -20.0) -> Any:
+    """A steady sine as a baresip source (16-bit linear units, 8 kHz)."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return dbm0_to_amplitude(level_dbm0) * np.sin(2 * np.pi * hz * t)
+
+
+def tone_shares(
+    samples: Any, hz: float = AGENT_TONE_HZ, window_s: float = 0.1, floor_dbm0: float = -50.0
+) -> list[float]:
+    """Per window of ``samples``: the share of its energy within 30 Hz of ``hz`` (0 for a
+    window quieter than ``floor_dbm0``: silence is nobody talking)."""
+    n = int(window_s * SAMPLE_RATE)
+    x = np.asarray(samples, dtype=np.float64)
+    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    band = np.abs(freqs - hz) <= 30.0
+    hann = np.hanning(n)
+    floor = dbm0_to_amplitude(floor_dbm0) / np.sqrt(2)
+    out = []
+    for i in range(0, len(x) - n + 1, n):
+        w = x[i : i + n]
+        if np.sqrt(np.mean(w * w)) < floor:
+            out.append(0.0)
+            continue
+        power = np.abs(np.fft.rfft(w * hann)) ** 2
+        out.append(float(power[band].sum() / power.sum()))
+    return out
+
+
+# ------------------------------------------------------------------------------ leak checks
+
+
+def card_data_in(text: str, cards: Iterable[tuple[str, str, str]]) -> list[str]:
+    """What of ``cards`` ((pan, expiry, cvv) keyed in the test) shows in ``text``: the PAN,
+    any 10 digits of it in a row that hold two non-zero digits (mostly-zero test PANs would
+    otherwise match float reprs), the expiry and CVV as keyed. Names, never the digits."""
+    found = []
+    for pan, expiry, cvv in cards:
+        windows = [pan[i : i + 10] for i in range(len(pan) - 9)]
+        windows = [w for w in windows if sum(c != "0" for c in w) >= 2]
+        if pan in text or any(w in text for w in windows):
+            found.append(f"PAN {pan[:1]}...{len(pan)}")
+        if expiry + cvv in text:
+            found.append(f"expiry+cvv of PAN {pan[:1]}...{len(pan)}")
+    return found
+
+
+def assert_no_card_data(
+    rig: PayRig, agents: Iterable[Agent], log_text: str, cards: Iterable[tuple[str, str, str]]
+) -> None:
+    """No card data in any API response the agents got, any log line, any database row."""
+    cards = list(cards)
+    responses = "\n".join(line for a in agents for line in a.seen)
+    assert not card_data_in(responses, cards), "card data in an API response"
+    assert not card_data_in(log_text, cards), "card data in a log line"
+    assert not card_data_in(rig.db_dump(), cards), "card data in the database"
