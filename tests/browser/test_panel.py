@@ -215,6 +215,10 @@ async def test_reset_and_hold_on_a_fake_call(browser: Browser) -> None:
         await b.wait("capture enabled", lambda: b.enabled("capture-button"))
         await b.click("capture-button")
         await b.wait_attr("payment-state", "data-state", "capturing")
+        # a reload: signed in again from sessionStorage, back on the call's live payment
+        await b.run(b.driver.refresh)
+        await b.wait_attr("payment-state", "data-state", "capturing")
+        assert not await b.visible("signin") and await b.text("payment-id") == "pay_a"
         bad = "4111111111111112"  # Luhn fails
         harness.calls.press("call-a", bad + "#")
         await b.wait_attr("field-card_number-state", "data-state", "invalid")
