@@ -461,10 +461,11 @@ class Uas:
 class Phones:
     """Both sides' RTP sockets (pooled), the send loop, the arrival records."""
 
-    def __init__(self, n: int, ticks: int) -> None:
+    def __init__(self, n: int, ticks: int, windows: int = 1) -> None:
         self.n = n
-        self.ticks = ticks
-        self.k_total = KS + ticks
+        self.ticks = ticks  # per measured window
+        self.k_total = KS + windows * ticks
+        self.k_lo = KS  # the measured window is k in [k_lo, k_lo + ticks)
         n_socks = max(1, -(-n // CALLS_PER_SOCKET))
         self.csocks = [self._socket() for _ in range(n_socks)]  # caller side
         self.psocks = [self._socket() for _ in range(n_socks)]  # PBX side
@@ -585,7 +586,17 @@ class Phones:
             self.send_errors += 1
 
     def _key_k0(self, i: int) -> int:
-        return KS + self.ticks // 4 + (i % 10)
+        return self.k_lo + self.ticks // 4 + (i % 10)
+
+    def next_window(self) -> None:
+        """Move to the next measured window (``windows`` > 1): later k (the streams go on
+        where they were), arrival records and per-window counters start again."""
+        if self.k_lo + 2 * self.ticks > self.k_total:
+            raise ValueError("no window left")
+        self.k_lo += self.ticks
+        self.pos = 0
+        self.overflow = self.rx_errors = self.no_kernel_ts = self.send_errors = 0
+        self.gen_late_s = 0.0
 
     async def prime(self) -> dict[str, int]:
         """One packet each way per call until each stream has delivered one (bounded)."""
@@ -631,7 +642,7 @@ class Phones:
                 self.gen_late_s = max(self.gen_late_s, -delay)
                 if j % phases == 0:
                     await asyncio.sleep(0)  # let arrivals in even when late
-            k = KS + j // phases
+            k = self.k_lo + j // phases
             for i, dtmf in groups[j % phases]:
                 self.send(i, k, dtmf)
 
@@ -652,9 +663,10 @@ class Phones:
         tag_ok = rec["tcall"].astype(np.int64) == s // 2
         k[~c2a] = rec["tk"][~c2a].astype(np.int64)
         unmatched |= ~c2a & ~tag_ok
-        win = (~unmatched) & (k >= KS) & (k < self.k_total)
+        k_hi = self.k_lo + self.ticks
+        win = (~unmatched) & (k >= self.k_lo) & (k < k_hi)
         s_w, k_w, rx_w, c2a_w = s[win], k[win], rx_ns[win], c2a[win]
-        sent_mask = self.sent_ns[:, KS:] > 0
+        sent_mask = self.sent_ns[:, self.k_lo : k_hi] > 0
         sent = int(sent_mask.sum())
         key = s_w * self.k_total + k_w
         uniq = np.unique(key)
