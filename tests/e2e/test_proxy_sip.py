@@ -30,12 +30,15 @@ PROXY_YAML = """proxy:
   trunks: {allow: [127.0.0.0/8]}
   metrics: {listen: null}
   drain_grace_s: %(grace)s
+payments:
+  api: {listen: "127.0.0.1:0"}
+  storage: {path: ":memory:"}
 """
 
 
 def script() -> list[str]:
     exe = shutil.which("dtmfmask-proxy", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "sipproxy.app"]
+    return [exe] if exe else [sys.executable, "-m", "control_api.node"]
 
 
 def run_script(config: Path) -> tuple[int, str]:
@@ -81,7 +84,7 @@ def test_sigterm_drains_503_to_new_calls_then_byes_both_legs_and_exits_0(tmp_pat
             assert proc.stdout is not None
             line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
             assert line.startswith("dtmfmask-proxy: ready sip=127.0.0.1:")
-            proxy = ("127.0.0.1", int(line.rsplit(":", 1)[1]))
+            proxy = ("127.0.0.1", int(line.split()[2].rsplit(":", 1)[1]))
             inv = invite(proxy, via=caller.via)
             caller.send(inv, proxy)
             ok = await caller.expect(200, timeout=5, call_id=inv.call_id)
