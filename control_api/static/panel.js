@@ -208,13 +208,14 @@
       text("status", r.data.payments_enabled ? "" : CODE_HINTS.payments_disabled + ".");
       callsLoop(++callsGen);
     } catch (e) {
-      signOut(e);
+      // the token is forgotten only when the API refused it (not when it was unreachable)
+      signOut(e, e instanceof ApiError && (e.status === 0 || e.status >= 500));
     }
   }
 
-  function signOut(err) {
+  function signOut(err, keepToken) {
     token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
+    if (!keepToken) sessionStorage.removeItem(TOKEN_KEY);
     callsGen++;
     stopPolling();
     calls = [];
