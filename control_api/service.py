@@ -235,6 +235,7 @@ class PaymentService:
         self.webhooks.configure(config.accounts)
         self._own_links = links is None
         self._own_sms = sms is None
+        self._bound: tuple[str, int] | None = None
         self.links = links if links is not None else self._make_links(config)
         self.sms = sms if sms is not None else self._make_sms(config)
 
@@ -363,7 +364,21 @@ class PaymentService:
 
     def _make_links(self, config: PaymentsConfig) -> LinkService:
         secret = config.links.secret.encode() if config.links.secret else None
-        return LinkService(self.storage, secret, config.link_base_url())
+        return LinkService(self.storage, secret, self._link_base(config))
+
+    def _link_base(self, config: PaymentsConfig) -> str:
+        if config.links.base_url or self._bound is None:
+            return config.link_base_url()
+        host, port = self._bound
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def api_bound(self, host: str, port: int) -> None:
+        """The control API (and the hosted page with it) listens on ``host:port``: links
+        point there unless ``payments.links.base_url`` is set (``api.listen`` may say port
+        0). The node calls this once its site is up."""
+        self._bound = (host, port)
+        if self._own_links:
+            self.links.base_url = self._link_base(self._config)
 
     def _make_sms(self, config: PaymentsConfig) -> SmsSender:
         if config.sms.sender == "http" and config.sms.http is not None:

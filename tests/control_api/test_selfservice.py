@@ -906,3 +906,17 @@ async def test_stop_lets_a_link_in_flight_go_out_and_counts_it() -> None:
     assert list(k.service.counts.values()).count(1) >= 2 and any(
         dict(key).get("state") == "sent" for key in k.service.counts
     )
+
+
+async def test_links_point_at_the_bound_api_unless_configured() -> None:
+    k = Kit(make_config())
+    k.service.api_bound("127.0.0.1", 45678)
+    k.create()
+    await settle()
+    assert "http://127.0.0.1:45678/pay/" in k.storage.outbox()[-1].body
+    k2 = Kit()  # links.base_url configured: it wins
+    k2.service.api_bound("::1", 45678)
+    assert k2.service.links.base_url == BASE
+    k3 = Kit(make_config())
+    k3.service.api_bound("::1", 45678)
+    assert k3.service.links.base_url == "http://[::1]:45678"
