@@ -54,6 +54,10 @@ memory): page views, progress posts and submits; and bad attempts (bad links, ba
 IP, after which that IP gets 429 on every ``/pay/`` route until the window passes. Every 429
 is counted (:meth:`HostedPage.collect`) and logged (route, scope, address; never the token).
 
+**One submit.** pay.js disables the button on submit; without it, a double click sends the
+form twice: the second POST (same link, valid CSRF) waits for the first one's answer and
+shows the same outcome, rather than "not valid" for the link the first one just spent.
+
 **Never reflected**: nothing typed comes back in any answer. A form with problems comes back
 empty, with fixed sentences (:data:`MESSAGES`); the form posts to ``action=""`` so the token
 is not written into the page either. Card values are read, checked with
@@ -84,6 +88,7 @@ id                  element
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -621,6 +626,9 @@ class HostedPage:
         self._submit_ip = limiter(lim.submit_per_ip)
         self._bad_ip = limiter(lim.bad_attempts_per_ip)
         self.counts: dict[tuple[tuple[str, str], ...], int] = {}
+        # submits waiting for the provider, by link: a second POST of the same form (a
+        # double click without the script) gets the first one's outcome, not "not valid"
+        self._inflight: dict[str, asyncio.Future[PageView | None]] = {}
 
     def __repr__(self) -> str:
         return f"HostedPage(counts={sum(self.counts.values())})"
@@ -825,14 +833,21 @@ class HostedPage:
             )
         except _Limited as exc:
             return self._too_many(exc, json_body=False)
+        form = await request.post()
+        sent = form.get(CSRF_FIELD)
+        csrf_ok = self._csrf_ok(request, token, sent if isinstance(sent, str) else None)
+        pending = self._inflight.get(token)
+        if pending is not None and csrf_ok:
+            first = await asyncio.shield(pending)
+            if first is not None:
+                self._count("resubmitted")
+                return self._outcome(first)
         view = self._page_view(token, ip)
         if view is None:
             return self._invalid()
         if view.result is not None or view.state == "processing":
             return self._outcome(view)
-        form = await request.post()
-        sent = form.get(CSRF_FIELD)
-        if not self._csrf_ok(request, token, sent if isinstance(sent, str) else None):
+        if not csrf_ok:
             self._bad_attempt("bad_csrf", ip, route="submit")
             log.info("payment page post without a valid CSRF token", route="submit", remote=ip)
             return self._form(request, token, view, status=403, notice=_CSRF_NOTICE)
@@ -843,8 +858,11 @@ class HostedPage:
             self._count("invalid_form")
             return self._form(request, token, view, status=422, problems=problems)
         self._count("submitted")
+        done: asyncio.Future[PageView | None] = asyncio.get_running_loop().create_future()
+        self._inflight[token] = done
         try:
             final = await self.service.page_submit(token, card)
+            done.set_result(final)
         except LinkError as exc:
             self._count("bad_link", route="submit")
             log.info("payment link refused", route="submit", code=exc.code, remote=ip)
@@ -862,6 +880,10 @@ class HostedPage:
             return self._html(_ERROR_PAGE, 500)
         finally:
             del card
+            if self._inflight.get(token) is done:
+                del self._inflight[token]
+            if not done.done():
+                done.set_result(None)  # a POST that waited on it goes the normal way
         return self._outcome(final)
 
     async def progress(self, request: web.Request) -> web.StreamResponse:

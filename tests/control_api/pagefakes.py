@@ -6,6 +6,7 @@ is recorded as the lengths of what came."""
 
 from __future__ import annotations
 
+import asyncio
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ class FakePageService:
         self._n = 0
         self.fail_submit: BaseException | None = None
         self.answer: PageView | None = None  # page_submit returns this instead (processing)
+        self.gate: asyncio.Event | None = None  # page_submit waits on it, link already used
+        self.fail_late: BaseException | None = None  # raised after the gate
 
     def add(
         self,
@@ -128,6 +131,10 @@ class FakePageService:
         except CardValidationError as exc:
             raise ServiceError(422, exc.code.value, exc.code.sentence) from None
         link.used = True
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_late is not None:
+            raise self.fail_late
         if self.answer is not None:
             return self.answer
         if card.number == DECLINE:

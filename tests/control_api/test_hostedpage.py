@@ -5,6 +5,7 @@ control_api.cards in node (skipped without node)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -476,6 +477,47 @@ async def test_a_failure_holding_the_card_is_logged_by_type_only(
     assert 'id="failure"' in text
     assert "RuntimeError" in logs.text()
     assert_no_leak(logs.text(), *rig.seen)
+
+
+@pytest.mark.asyncio
+async def test_a_double_click_without_javascript_shows_the_one_outcome(rig: Rig) -> None:
+    token = rig.fake.add()
+    csrf = await rig.open(token)
+    rig.fake.gate = asyncio.Event()
+    first = asyncio.create_task(rig.submit(token, csrf, **card_form()))
+    await until(lambda: rig.fake.sessions["pay_a"].submits != [])
+    second = asyncio.create_task(rig.submit(token, csrf, **card_form()))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the first one's answer
+    rig.fake.gate.set()
+    (s1, t1, _), (s2, t2, _) = await first, await second
+    assert (s1, s2) == (200, 200)
+    assert 'data-result="succeeded"' in t1 and t1 == t2
+    assert len(rig.fake.sessions["pay_a"].submits) == 1
+    assert rig.page.count("resubmitted") == 1
+    # afterwards the link is spent: the plain page
+    status, text, _ = await rig.submit(token, csrf, **card_form())
+    assert (status, text) == (404, INVALID_LINK_PAGE.decode())
+
+
+@pytest.mark.asyncio
+async def test_a_second_post_after_a_failed_first_goes_the_normal_way(rig: Rig) -> None:
+    token = rig.fake.add()
+    csrf = await rig.open(token)
+    rig.fake.gate = asyncio.Event()
+    rig.fake.fail_late = RuntimeError("provider down")
+    first = asyncio.create_task(rig.submit(token, csrf, **card_form()))
+    await until(lambda: rig.fake.sessions["pay_a"].submits != [])
+    second = asyncio.create_task(rig.submit(token, csrf, **card_form()))
+    other = await rig.open(rig.fake.add("pay_b"))
+    forged = await rig.submit(token, other, **card_form())  # no outcome without its CSRF
+    assert forged[:2] == (404, INVALID_LINK_PAGE.decode())
+    rig.fake.gate.set()
+    status, text, _ = await first
+    assert status == 500 and 'id="failure"' in text
+    status, text, _ = await second  # the link is spent: the plain page, not a hang
+    assert (status, text) == (404, INVALID_LINK_PAGE.decode())
+    assert rig.page.count("resubmitted") == 0
 
 
 @pytest.mark.asyncio
