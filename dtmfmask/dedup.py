@@ -10,7 +10,10 @@ Matching rules, in order:
    re-offer (its start within ``window_ms`` of that source's start, e.g. offered again once
    the end is known) or when it starts less than ``gap_ms`` after that source's end. Q.24
    puts real gaps at 40 ms or more; the default of 20 ms leaves room for each source's
-   timing error, so a real 40 ms gap always makes two digits.
+   timing error, so a real 40 ms gap always makes two digits. A source that names its
+   presses (``press_id``: RFC 4733's SSRC and timestamp, RFC 4733 §2.5.2) is matched by
+   name instead, never by time: its reports carry arrival times, and jitter or a stalled
+   loop can bring the next press of the same key within ``gap_ms`` of the last one.
 2. Otherwise it is the same press as a counted press of the same digit that this source has
    not reported yet and that it overlaps, or starts within ``window_ms`` of. A press takes
    at most one report per source, which is what keeps two real presses of one key two
@@ -25,6 +28,7 @@ Matching rules, in order:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -40,6 +44,7 @@ _SOURCES: frozenset[str] = frozenset(get_args(Source))
 class _Report:
     start: float
     end: float | None
+    press_id: Hashable | None = None
 
 
 @dataclass(slots=True)
@@ -83,11 +88,19 @@ class DigitDeduplicator:
         self.info_tolerance_ms = info_tolerance_ms
         self._presses: deque[_Press] = deque(maxlen=memory)
 
-    def offer(self, digit: str, source: Source, start_ms: float, end_ms: float | None) -> bool:
+    def offer(
+        self,
+        digit: str,
+        source: Source,
+        start_ms: float,
+        end_ms: float | None,
+        press_id: Hashable | None = None,
+    ) -> bool:
         """True if this report is a new key press to count; False if already counted.
 
         ``end_ms`` is None while the press is still going on; offering the same report again
-        with its end is allowed (it returns False and records the end).
+        with its end is allowed (it returns False and records the end). ``press_id``, if the
+        source has one, names the press within the source (see rule 1).
         """
         if len(digit) != 1 or digit not in DIGITS:
             raise ValueError(f"not a DTMF key: {digit!r}")
@@ -99,20 +112,22 @@ class DigitDeduplicator:
 
         for press in reversed(same):
             own = press.reports.get(source)
-            if own is not None and self._same_source(own, start_ms):
+            if own is not None and self._same_source(own, start_ms, press_id):
                 if end_ms is not None:
                     own.end = end_ms if own.end is None else max(own.end, end_ms)
                 return False
 
         match = self._cross_source(same, source, start_ms, end_ms)
         if match is not None:
-            match.reports[source] = _Report(start_ms, end_ms)
+            match.reports[source] = _Report(start_ms, end_ms, press_id)
             return False
 
-        self._presses.append(_Press(digit, {source: _Report(start_ms, end_ms)}))
+        self._presses.append(_Press(digit, {source: _Report(start_ms, end_ms, press_id)}))
         return True
 
-    def _same_source(self, own: _Report, start: float) -> bool:
+    def _same_source(self, own: _Report, start: float, press_id: Hashable | None) -> bool:
+        if press_id is not None and own.press_id is not None:
+            return press_id == own.press_id
         if abs(start - own.start) <= self.window_ms:
             return True
         return own.end is not None and own.start <= start < own.end + self.gap_ms

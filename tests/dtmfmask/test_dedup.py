@@ -65,6 +65,22 @@ def test_same_source_break_shorter_than_gap_is_one_press() -> None:
     assert d.offer("4", "inband", 332.0, 400.0) is True  # 40 ms measured as 32: still new
 
 
+def test_named_presses_are_matched_by_name_not_by_time() -> None:
+    """RFC 4733 names its presses (SSRC, timestamp). Two presses of one key whose reported
+    times run together (their arrival was delayed: a stalled loop, jitter) are still two;
+    the same press offered again at its end, with times off by more than the window, is
+    still one."""
+    d = DigitDeduplicator()
+    assert d.offer("1", "rfc4733", 0.0, None, press_id=(7, 1000)) is True
+    assert d.offer("1", "rfc4733", 0.0, 190.0, press_id=(7, 1000)) is False
+    # the next press's start, estimated from a late first packet, lands 5 ms after the end
+    assert d.offer("1", "rfc4733", 195.0, None, press_id=(7, 3000)) is True
+    assert d.offer("1", "rfc4733", 130.0, 300.0, press_id=(7, 3000)) is False
+    # in-band reports of the same two presses still join them, by time
+    assert d.offer("1", "inband", 2.0, 180.0) is False
+    assert d.offer("1", "inband", 205.0, 290.0) is False
+
+
 def test_gap_is_configurable() -> None:
     d = DigitDeduplicator(gap_ms=40.0)
     assert d.offer("4", "inband", 0.0, 100.0) is True
