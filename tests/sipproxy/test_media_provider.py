@@ -479,3 +479,17 @@ def test_new_provider_sdp_without_telephone_event_mid_digit() -> None:
     audio = audio_of([p for p in pkts if parse_rtp(p).payload_type == 0])
     found = [e.digit for e in detect_signal(audio) if isinstance(e, DigitStarted)]
     assert found == ["7"]  # the second digit went in-band
+
+
+def test_fifo_keeps_the_newest_and_the_mix_saturates() -> None:
+    from sipproxy.media import _Fifo, _mix
+
+    f = _Fifo(5)
+    assert f.push(np.array([1, 2, 3], np.int16))
+    assert f.take(2).tolist() == [1, 2]  # type: ignore[union-attr]
+    assert not f.push(np.array([4, 5, 6, 7, 8], np.int16))  # 3 goes
+    assert f.take(3).tolist() == [4, 5, 6]  # type: ignore[union-attr]
+    assert f.take(4).tolist() == [7, 8, 0, 0]  # type: ignore[union-attr]
+    assert f.take(1) is None and len(f) == 0
+    mixed = _mix(np.array([32000, -32000, 5], np.int16), np.array([1000, -1000, 5], np.int32))
+    assert mixed.dtype == np.int16 and mixed.tolist() == [32767, -32768, 10]
