@@ -170,7 +170,7 @@ ASSETS: Final[tuple[Asset, ...]] = (
         "pay.js",
         "text/javascript; charset=utf-8",
         "our own: brand detection, field checks before submit, key counts to the agent's view",
-        "4e1ffb8958403024bba8d09239c54cfa9ea00145eab7c795698247fdb37a3f8d",
+        "5bbaf16be9a2c1a4db57f01796ca8dff11cfaf15285df5dac7196779f636940a",
     ),
     Asset(
         "pay.css",
@@ -245,6 +245,11 @@ MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {
             "The security code is 3 digits on the back of the card "
             "(4 on the front for American Express)."
         ),
+        # the same code once the brand is known
+        "wrong_cvv_length_amex": (
+            "The security code is the 4 digits on the front of an American Express card."
+        ),
+        "wrong_cvv_length_other": "The security code is the 3 digits on the back of the card.",
     },
     "postal_code": {
         CardError.EMPTY: "Enter your postal code.",
@@ -999,6 +1004,8 @@ def _check_card(
         validate_cvv(cvv, brand)
     except CardValidationError as exc:
         problems["cvv"] = exc.code.value
+        if exc.code is CardError.WRONG_CVV_LENGTH and brand is not None:
+            problems["cvv"] += "_amex" if brand is CardBrand.AMEX else "_other"
     if "postal_code" in values:
         try:
             postal = validate_postal_code(values["postal_code"])
@@ -1072,13 +1079,13 @@ class PayLinkAccessLogger(AbstractAccessLogger):
     an access log (the node runs without one)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        # no body size: 4-digit numbers are redacted from log lines as possible card data
         self.logger.info(
-            '%s "%s %s" %s %s %.3fs',
+            '%s "%s %s" %s %.3fs',
             request.remote or "-",
             request.method,
             _PAY_PATH.sub("/pay/<link>", request.path),
             response.status,
-            response.body_length,
             time,
         )
 

@@ -82,6 +82,10 @@ var dtmfmaskPayChecks = (function () {
       not_digits: "The security code can only contain digits.",
       wrong_cvv_length:
         "The security code is 3 digits on the back of the card (4 on the front for American Express).",
+      // the same code once the brand is known
+      wrong_cvv_length_amex:
+        "The security code is the 4 digits on the front of an American Express card.",
+      wrong_cvv_length_other: "The security code is the 3 digits on the back of the card.",
     },
     postal_code: {
       empty: "Enter your postal code.",
@@ -294,11 +298,8 @@ var dtmfmaskPayChecks = (function () {
   function fieldMessage(name, code) {
     if (name === "cvv" && code === "wrong_cvv_length") {
       var spec = numberBrand();
-      if (spec && spec[0] === "amex") {
-        return "The security code is the 4 digits on the front of an American Express card.";
-      }
       if (spec) {
-        return "The security code is the 3 digits on the back of the card.";
+        code = spec[0] === "amex" ? "wrong_cvv_length_amex" : "wrong_cvv_length_other";
       }
     }
     return MESSAGES[name][code] || "Check this field.";

@@ -106,7 +106,10 @@ class Rig:
             return resp.status, text, resp
 
     def _keep(self, resp: Any, text: str) -> None:
-        self.seen.append(f"{resp.status} {list(resp.headers.items())!r} {text}")
+        # Content-Length is the body's size, nothing sent: left out, as a 3-digit size can
+        # look like a test CVV to the leak scan
+        headers = [(k, v) for k, v in resp.headers.items() if k != "Content-Length"]
+        self.seen.append(f"{resp.status} {headers!r} {text}")
 
     async def open(self, token: str) -> str:
         """GET the page; the CSRF value it carries (the cookie is kept by the client)."""
@@ -432,12 +435,12 @@ async def test_every_problem_is_listed_and_nothing_typed_comes_back(rig: Rig) ->
         ({"expiry": "0125"}, "expiry", CardError.EXPIRED),
         ({"expiry": "0199"}, "expiry", CardError.EXPIRED),  # 1999
         ({"expiry": "0147"}, "expiry", CardError.TOO_FAR_AHEAD),
-        ({"cvv": "7391"}, "cvv", CardError.WRONG_CVV_LENGTH),
+        ({"cvv": "7391"}, "cvv", "wrong_cvv_length_other"),  # Visa: 3 digits
         ({"postal_code": ""}, "postal_code", CardError.EMPTY),
     ],
 )
 @pytest.mark.asyncio
-async def test_one_problem(rig: Rig, over: dict[str, str], field: str, code: CardError) -> None:
+async def test_one_problem(rig: Rig, over: dict[str, str], field: str, code: str) -> None:
     token = rig.fake.add()
     csrf = await rig.open(token)
     status, text, _ = await rig.submit(token, csrf, **card_form(**over))
@@ -941,7 +944,7 @@ def test_pay_js_checks_match_cards_py() -> None:
 
     assert js["cvvs"] == [_py_code(validate_cvv, v, CardBrand(b) if b else None) for v, b in cvvs]
     assert js["postals"] == [_py_code(validate_postal_code, p) for p in postals]
-    assert js["messages"] == {f: {c.value: m for c, m in ms.items()} for f, ms in MESSAGES.items()}
+    assert js["messages"] == {f: {str(c): m for c, m in ms.items()} for f, ms in MESSAGES.items()}
 
 
 # ------------------------------------------------------------------------ the real service
