@@ -9,7 +9,8 @@ method  path                      what
 GET     /pay/{token}              the form (or the result, once the payment has finished)
 POST    /pay/{token}              the form's submit: plain ``application/x-www-form-urlencoded``,
                                   works without JavaScript; answers with the result page, or
-                                  the form again with a message per field (422)
+                                  the form again, empty, with a message per field (422) or
+                                  after a bad CSRF token (403)
 POST    /pay/{token}/progress     from pay.js: ``{"field", "digits", "brand"}``, a count of
                                   the characters in one field (never a value) so the agent
                                   sees asterisks; 204, errors as ``{"error": {code, message}}``
@@ -77,12 +78,16 @@ id                  element
 ``#pay``            the submit button
 ``#errors``         error summary (``role=alert``, ``aria-live``); empty when all is well
 ``#<field>_error``  one field's message (``aria-live=polite``), e.g. ``#cvv_error``
-``#brand``          the brand pay.js detected (``aria-live=polite``)
+``#brand``          the brand pay.js detected (``aria-live=polite``), in ``#brand_line``
+                    (``hidden`` until the script runs)
 ``#merchant``       merchant name; ``#purpose``, ``#amount`` likewise
 ``#result``         the outcome page's section; ``data-result`` = ``succeeded``,
                     ``declined``, ``failed``, ``cancelled``, ``interrupted`` or
                     ``processing``; ``#reference`` holds the provider's reference
-``#invalid_link``   the one page for every bad link
+                    (once :class:`~control_api.links.PageView` carries one)
+``#invalid_link``   the one page for every bad link (404)
+``#too_many``       429; ``#unavailable``: the session cannot take a card (409);
+                    ``#failure``: something broke (500)
 ==================  =============================================================
 """
 
