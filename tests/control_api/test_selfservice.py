@@ -920,3 +920,23 @@ async def test_links_point_at_the_bound_api_unless_configured() -> None:
     k3 = Kit(make_config())
     k3.service.api_bound("::1", 45678)
     assert k3.service.links.base_url == "http://[::1]:45678"
+
+
+async def test_a_version_1_file_gains_the_resume_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, call_id TEXT NOT NULL, account TEXT NOT "
+        "NULL, profile TEXT NOT NULL, method TEXT NOT NULL, state TEXT NOT NULL, result TEXT, "
+        "error TEXT, reference TEXT, amount TEXT, currency TEXT NOT NULL, last4 TEXT, "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL, version INTEGER NOT NULL, "
+        "idempotency_key TEXT, view TEXT NOT NULL); PRAGMA user_version = 1;"
+    )
+    old.close()
+    k = Kit(db=str(db))
+    sid = k.create()
+    await settle()
+    rec = k.storage.session(sid)
+    assert rec is not None and rec.resume is not None
