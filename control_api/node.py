@@ -71,7 +71,8 @@ class Node:
         self.proxy.registry.register(self.service.collect)
         self.app = make_app(self.service)
         self.app.router.add_get("/metrics", self._metrics)
-        add_hosted_page(self.app, self.service)
+        page = add_hosted_page(self.app, self.service)
+        self.proxy.registry.register(page.collect)
         add_panel(self.app)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         self.api_port = 0
