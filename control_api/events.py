@@ -22,7 +22,7 @@ machine). Three kinds of event:
   up, is a no-op there.
 - **Notifications** (:data:`Notification`): for the API's long-poll, webhooks and the audit log:
   :class:`SessionUpdated`, :class:`FieldUpdated`, :class:`SessionFinished`,
-  :class:`LateProviderResult`.
+  :class:`LateProviderResult`, and for self-service :class:`CardRefused`.
 
 No event carries card digits in its ``repr`` or ``str``. :class:`ProcessPayment` and
 :class:`SubmitCard` carry the card itself (the provider connector needs it) in a
@@ -46,6 +46,7 @@ __all__ = [
     "CallEnded",
     "CallerHoldChanged",
     "Cancel",
+    "CardRefused",
     "ErrorCode",
     "FieldName",
     "FieldProgress",
@@ -525,5 +526,15 @@ class LateProviderResult:
     reference: str | None
 
 
-Notification = SessionUpdated | FieldUpdated | SessionFinished | LateProviderResult
+@dataclass(frozen=True, slots=True)
+class CardRefused:
+    """Self-service: the card the page submitted was refused (``field`` and the code; never
+    the value). Nothing was sent; the customer may correct it and submit again."""
+
+    session_id: str
+    field: FieldName
+    error: CardError
+
+
+Notification = SessionUpdated | FieldUpdated | SessionFinished | LateProviderResult | CardRefused
 Output = Action | Notification

@@ -39,9 +39,10 @@ key presses as counts (:class:`~control_api.events.FieldProgress`), never values
 agent sees asterisks filling exactly as in a guided payment.
 
 **Card data**: the card arrives once, in :class:`~control_api.events.SubmitCard`; it is
-validated (a refusal raises :class:`~control_api.cards.CardValidationError`, which names the
-field and a code, never the input, and leaves that field ``invalid`` in the view) and handed
-on in the :class:`~control_api.events.ProcessPayment` action. Nothing here keeps it.
+validated (a refusal is the :class:`~control_api.events.CardRefused` notification, which
+names the field and a code, never the input, and leaves that field ``invalid`` in the view)
+and handed on in the :class:`~control_api.events.ProcessPayment` action. Nothing here keeps
+it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from control_api.events import (
     BillingDetails,
     CallEnded,
     Cancel,
+    CardRefused,
     ErrorCode,
     FieldName,
     FieldProgress,
@@ -256,19 +258,8 @@ class SelfServiceSession:
 
     def handle(self, event: Input, now: float) -> list[Output]:
         """Apply one input. Inputs the state refuses raise :class:`SessionError`; a refused
-        card raises :class:`CardValidationError` (after the view shows the field invalid)."""
-        refused: list[CardValidationError] = []
-
-        def step(out: list[Output]) -> None:
-            try:
-                self._dispatch(event, now, out)
-            except CardValidationError as exc:
-                refused.append(exc)
-
-        outputs = self._run(step)
-        if refused:
-            raise refused[0]
-        return outputs
+        card is a :class:`CardRefused` output (the view shows the field invalid)."""
+        return self._run(lambda out: self._dispatch(event, now, out))
 
     # -- plumbing
 
@@ -389,13 +380,15 @@ class SelfServiceSession:
             raise SessionError(SessionErrorCode.WRONG_STATE, "the payment page is closed")
         wants_postal = FieldName.POSTAL_CODE in self._fields
         if wants_postal and not (card.postal_code or "").strip():
-            self._refuse(CardValidationError(CardError.EMPTY, FieldName.POSTAL_CODE.value))
+            self._refuse(FieldName.POSTAL_CODE, CardError.EMPTY, out)
+            return
         if not wants_postal and card.postal_code is not None:
             card = CardDetails(card.number, card.expiry, card.cvv)
         try:
             brand = validate_card(card, today)
         except CardValidationError as exc:
-            self._refuse(exc)
+            self._refuse(FieldName(exc.field), exc.code, out)
+            return
         assert self.amount is not None and self.billing is not None
         lengths = {
             FieldName.CARD_NUMBER: len(card.number),
@@ -421,18 +414,14 @@ class SelfServiceSession:
             )
         )
 
-    def _refuse(self, exc: CardValidationError) -> None:
-        """The field the page must fix shows ``invalid`` with the code; then raise."""
-        try:
-            name = FieldName(exc.field)
-        except ValueError:
-            raise exc from None
+    def _refuse(self, name: FieldName, code: CardError, out: list[Output]) -> None:
+        """The field the page must fix shows ``invalid`` with the code."""
         field = self._fields.get(name)
         if field is not None:
             field.state = FieldState.INVALID
-            field.error = exc.code
+            field.error = code
         self.state = SessionState.CUSTOMER_ACTIVE
-        raise exc
+        out.append(CardRefused(self.id, name, code))
 
     # -- the provider and the clock
 

@@ -62,12 +62,13 @@ from typing import Any, Final
 
 import structlog
 
-from control_api.cards import CardBrand, CardDetails, CardValidationError
+from control_api.cards import CardBrand, CardDetails
 from control_api.connectors import ProviderConnector, make_connector
 from control_api.events import (
     CallEnded,
     CallerHoldChanged,
     Cancel,
+    CardRefused,
     ErrorCode,
     FieldName,
     FieldProgress,
@@ -811,23 +812,17 @@ class PaymentService:
         provider connector, and return the final view. A second submit: ``LinkError``."""
         live, session = self._page_session(token)
         try:
-            self._feed(live, SubmitCard(card, self._today()), None)
-        except CardValidationError as exc:
-            del card
-            self._audit(
-                None,
-                session.id,
-                session.call_id,
-                "card_refused",
-                {"field": exc.field, "error": exc.code.value},
-            )
-            raise ServiceError(422, exc.code.value, exc.code.sentence, field=exc.field) from None
+            outputs = self._feed(live, SubmitCard(card, self._today()), None)
         except SessionError as exc:
             del card
             if exc.code is SessionErrorCode.WRONG_STATE:
                 raise LinkError("used") from None
             raise ServiceError(422, exc.code.value, exc.message) from None
         del card  # the session handed it to the connector's task; nothing here keeps it
+        for out in outputs:
+            if isinstance(out, CardRefused):  # nothing sent; the link stays usable
+                code = out.error
+                raise ServiceError(422, code.value, code.sentence, field=out.field.value)
         if not self.links.use(token, self._wall()):
             log.error("payment link used twice", session_id=session.id)  # not in one process
         self._audit(None, session.id, session.call_id, "card_submitted", {})
@@ -875,8 +870,9 @@ class PaymentService:
             raise RuntimeError("PaymentService.start() was not called")
         return self._loop
 
-    def _feed(self, live: _Live, event: Input, actor: Actor) -> None:
-        """One input into one session, its outputs executed, then queued events handled."""
+    def _feed(self, live: _Live, event: Input, actor: Actor) -> list[Output]:
+        """One input into one session, its outputs executed, then queued events handled.
+        Returns the outputs."""
         was_busy, self._busy = self._busy, True
         try:
             outputs = live.session.handle(event, live.clock())
@@ -885,6 +881,7 @@ class PaymentService:
             self._busy = was_busy
         if not was_busy:
             self._pump()
+        return outputs
 
     def _apply(self, live: _Live, outputs: Iterable[Output]) -> None:
         for out in outputs:
@@ -932,6 +929,10 @@ class PaymentService:
                 self.webhooks.notify(live.account, live.session.view().to_dict())
             case FieldUpdated():
                 self._field_audit(live, out)
+            case CardRefused(field=name, error=error):
+                self._audit(
+                    None, sid, call_id, "card_refused", {"field": name.value, "error": error.value}
+                )
             case SessionFinished(result=result, error=error, reference=reference):
                 self._count("finished", result=result.value)
                 self._audit(

@@ -19,11 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from control_api.api import make_app
-from control_api.cards import CardBrand, CardDetails, CardValidationError
+from control_api.cards import CardBrand, CardDetails, CardError
 from control_api.events import (
     BillingDetails,
     CallEnded,
     Cancel,
+    CardRefused,
     ErrorCode,
     FieldName,
     FieldProgress,
@@ -204,16 +205,15 @@ async def test_submit_validates_then_processes() -> None:
     s = link_profile_session()
     s.handle(DETAILS, WALL)
     version = s.version
-    with pytest.raises(CardValidationError) as info:
-        s.handle(SubmitCard(CardDetails("4111111111111112", "0829", "739", POSTAL)), WALL)
-    assert (info.value.field, info.value.code.value) == ("card_number", "luhn_failed")
-    assert "4111" not in str(info.value) and "4111" not in repr(info.value)
+    out = s.handle(SubmitCard(CardDetails("4111111111111112", "0829", "739", POSTAL)), WALL)
+    assert kinds(out) == ["CardRefused", "FieldUpdated", "SessionUpdated"]
+    assert out[0] == CardRefused("pay_s", FieldName.CARD_NUMBER, CardError.LUHN_FAILED)
+    assert "4111" not in repr(out)
     v = s.view().to_dict()
     assert v["state"] == "customer_active" and v["version"] > version
     assert v["fields"][0]["state"] == "invalid" and v["fields"][0]["error"] == "luhn_failed"
-    with pytest.raises(CardValidationError) as info:
-        s.handle(SubmitCard(card(postal=None)), WALL)  # the profile asks for it
-    assert info.value.field == "postal_code"
+    out = s.handle(SubmitCard(card(postal=None)), WALL)  # the profile asks for it
+    assert out[0] == CardRefused("pay_s", FieldName.POSTAL_CODE, CardError.EMPTY)
     out = s.handle(SubmitCard(card()), WALL + 10)
     (pay,) = [o for o in out if isinstance(o, ProcessPayment)]
     assert pay.card.number == PAN and pay.amount == Decimal("12.50")
@@ -449,6 +449,9 @@ async def test_card_refused_on_the_page_keeps_the_link(logs: LogCapture) -> None
     err = info.value
     assert (err.status, err.code, err.field) == (422, "luhn_failed", "card_number")
     assert k.view(sid)["fields"][0]["state"] == "invalid"
+    rec = k.storage.session(sid)  # the refusal reached storage (and long-pollers, webhooks)
+    assert rec is not None and rec.view["fields"][0]["error"] == "luhn_failed"
+    assert any(e.action == "card_refused" for e in k.storage.audit_trail(sid))
     with pytest.raises(ServiceError) as info:
         await k.service.page_submit(token, CardDetails(PAN, "0125", "739", POSTAL))
     assert (info.value.code, info.value.field) == ("expired", "expiry")
