@@ -1,4 +1,6 @@
-"""The payment session: a sans-I/O state machine, one per call.
+"""The payment session: a sans-I/O state machine, one per call (guided payments; its
+sibling for self-service payments by SMS link is :mod:`control_api.selfservice`, with the same
+view shape).
 
 No sockets, no clock, no asyncio: inputs (:mod:`control_api.events`) and the current time go
 in, actions and notifications come out. The HTTP API, the call-control adapter and the
