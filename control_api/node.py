@@ -121,6 +121,8 @@ class Node:
             if isinstance(addr, tuple):
                 self.api_port = int(addr[1])
                 break
+        # payment links point at the port actually bound (api.listen may say 0)
+        self.service.api_bound(listen.host, self.api_port)
         log.info("control api ready", host=listen.host, port=self.api_port)
 
     async def stop(self, grace_s: float | None = None) -> None:
