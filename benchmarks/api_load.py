@@ -346,7 +346,9 @@ class ApiDriver:
             else:
                 errors[f"{kind}: {outcome}"] += 1
         sent = Counter(k for k, t in self.sent if t0 <= t <= t1)
-        done = {k: sum(c.values()) for k, c in status.items()}
+        done = {  # HTTP answers (errors such as client timeouts are not answers)
+            k: sum(v for o, v in c.items() if not o.startswith("error")) for k, c in status.items()
+        }
         polls_sent = sent["payment"] + sent["calls"] + sent["long"]
         polls_done = done["payment"] + done["calls"] + done["long"]
         open_spans = [sp for sp in self.lp_spans if sp[0] <= t1 < sp[1]]
