@@ -71,6 +71,7 @@ from .rtp import (
 )
 
 __all__ = [
+    "DIGIT_SAMPLES",
     "Address",
     "CallDigit",
     "CallMedia",
