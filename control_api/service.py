@@ -213,6 +213,7 @@ class PaymentService:
         sms: SmsSender | None = None,
     ) -> None:
         self._config = config
+        self._accounts_by_number: tuple[PaymentsConfig, dict[str, str | None]] = (config, {})
         self._calls = calls
         self.storage = storage
         self._factory = connector_factory
@@ -398,7 +399,19 @@ class PaymentService:
         return self._config.authenticate(token)
 
     def call_account(self, info: CallInfo) -> str | None:
-        return self._config.account_for_number(info.called)
+        # agent UIs list calls several times a second: one pattern search per number and
+        # configuration (the cache goes with a reload), not one per call per listing
+        config = self._config
+        cache = self._accounts_by_number
+        if cache[0] is not config:
+            cache = self._accounts_by_number = (config, {})
+        try:
+            return cache[1][info.called]
+        except KeyError:
+            if len(cache[1]) >= 4096:  # dialled numbers are many; keep the memory bounded
+                cache[1].clear()
+            account = cache[1][info.called] = config.account_for_number(info.called)
+            return account
 
     def _call(self, grant: TokenGrant, call_id: str) -> CallInfo:
         info = self._calls.call(call_id)
@@ -411,7 +424,9 @@ class PaymentService:
             raise ServiceError(403, "forbidden", "the call belongs to another account")
         return info
 
-    def _call_doc(self, info: CallInfo, account: str) -> dict[str, Any]:
+    def _call_doc(
+        self, info: CallInfo, account: str, profiles: list[str] | None = None
+    ) -> dict[str, Any]:
         live = self._by_call.get(info.call_id)
         active = live.session.id if live is not None and not live.session.finished else None
         return {
@@ -425,13 +440,18 @@ class PaymentService:
             "held": info.held,
             "provider_leg": info.provider_leg,
             "payment": active,
-            "profiles": [p.name for p in self._config.profiles_for(account)],
+            "profiles": (
+                [p.name for p in self._config.profiles_for(account)]
+                if profiles is None
+                else list(profiles)
+            ),
         }
 
     def list_calls(self, grant: TokenGrant) -> list[dict[str, Any]]:
         """The account's calls in progress, oldest first."""
+        profiles = [p.name for p in self._config.profiles_for(grant.account)]
         out = [
-            self._call_doc(info, grant.account)
+            self._call_doc(info, grant.account, profiles)
             for info in self._calls.calls()
             if self.call_account(info) == grant.account
         ]

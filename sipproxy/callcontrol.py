@@ -179,16 +179,21 @@ class ProxyCallControl:
 
     # -- queries -------------------------------------------------------------------------------
     def calls(self) -> list[CallInfo]:
-        return [info for call in self.server.b2bua.calls if (info := self._info(call)) is not None]
+        offset = self.server.unix_time(0.0)  # loop clock -> unix time, once per listing
+        return [
+            info
+            for call in self.server.b2bua.calls
+            if (info := self._info(call, offset)) is not None
+        ]
 
     def call(self, call_id: str) -> CallInfo | None:
         call = self._find(call_id)
-        return None if call is None else self._info(call)
+        return None if call is None else self._info(call, self.server.unix_time(0.0))
 
     def _find(self, call_id: str) -> Call | None:
         return self.server.b2bua.call_by_id(call_id)
 
-    def _info(self, call: Call) -> CallInfo | None:
+    def _info(self, call: Call, offset: float) -> CallInfo | None:
         if call.state not in ("early", "up", "trying"):
             return None
         st = self._state.get(call.id) or _CallState()
@@ -197,7 +202,7 @@ class ProxyCallControl:
             caller=call.caller_display,
             called=call.called_number,
             state="up" if call.state == "up" else "ringing",
-            started_at=self.server.unix_time(call.started_at),
+            started_at=offset + call.started_at,
             held=st.held,
             provider_leg=st.provider,
         )
@@ -306,7 +311,7 @@ class ProxyCallControl:
         if isinstance(event, CallAnswered):
             call = self._find(call_id)
             state = self._state.setdefault(call_id, _CallState())
-            info = None if call is None else self._info(call)
+            info = None if call is None else self._info(call, self.server.unix_time(0.0))
             if info is not None and not state.announced:
                 state.announced = True
                 self._emit(CallUp(call_id, info))
