@@ -85,6 +85,7 @@ class MaskingEngine:
     _row_of: I64
     _last_end: I64
     _bypass: npt.NDArray[np.bool_]
+    _unmask_at: I64
 
     def __init__(self, config: MaskConfig | None = None, capacity: int = 16) -> None:
         self.config = cfg = config or MaskConfig()
@@ -104,6 +105,7 @@ class MaskingEngine:
         self._rng = np.random.default_rng(0x5EED)
         self._cap = 0
         self._grow(max(capacity, 1))
+        self._n_unmask_pending = 0  # streams whose masking goes off once settled
         self.late_mask_samples = 0  # mask that came after its samples had left: leak risk
         self.masked_samples = 0
 
@@ -126,6 +128,7 @@ class MaskingEngine:
         self._row_of = g(None if first else self._row_of, (), np.int64)
         self._last_end = g(None if first else self._last_end, (), np.int64)
         self._bypass = g(None if first else self._bypass, (), np.bool_)
+        self._unmask_at = g(None if first else self._unmask_at, (), np.int64)
         self._cap = cap
 
     # --- streams ------------------------------------------------------------------------
@@ -140,9 +143,13 @@ class MaskingEngine:
         self._env_on[sid] = False
         self._last_end[sid] = -(10**9)
         self._bypass[sid] = False
+        self._unmask_at[sid] = -1
         return sid
 
     def remove_stream(self, stream: int) -> None:
+        if self._unmask_at[stream] >= 0:
+            self._unmask_at[stream] = -1
+            self._n_unmask_pending -= 1
         self.detector.remove_stream(stream)
 
     def position(self, stream: int) -> int:
@@ -161,12 +168,25 @@ class MaskingEngine:
             end = int(self._n_in[stream])
         self._mark(stream, int(self._n_in[stream]), start, end)
 
-    def set_masking(self, stream: int, on: bool) -> None:
+    def set_masking(self, stream: int, on: bool, *, settle_samples: int = SAMPLE_RATE) -> None:
         """Mask ``stream``'s key presses (the default) or let them through (``mask:
         during_payment`` outside a payment: IVR menus). Detection, digit events and the
         delay line run either way, so turning masking on covers a key already under way
-        from the samples still in the look-ahead."""
-        self._bypass[stream] = not on
+        from the samples still in the look-ahead.
+
+        Turning it off takes effect only after ``settle_samples`` more input and at a moment
+        no masking is under way: the payment's last key is usually still sounding (and
+        partly in the look-ahead) when its digit completes the card, and must not be
+        cut loose half way.
+        """
+        pending = self._unmask_at[stream] >= 0
+        if on:
+            self._bypass[stream] = False
+            self._unmask_at[stream] = -1
+            self._n_unmask_pending -= int(pending)
+        elif not self._bypass[stream]:
+            self._unmask_at[stream] = self._n_in[stream] + max(settle_samples, 0)
+            self._n_unmask_pending += int(not pending)
 
     def release_mask(self, stream: int, end: int) -> None:
         """End an open-ended ``force_mask`` at input position ``end`` (plus the guard)."""
@@ -190,6 +210,8 @@ class MaskingEngine:
             x = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
         res = self.detector.process_batch(sids, x)
         la = self.lookahead
+        if self._n_unmask_pending:
+            self._settle_unmask(sids)
         # Unmasked audio leaves exactly as it came in, so the delay line holds int16.
         sel = selector(sids)
         if la:
@@ -225,6 +247,19 @@ class MaskingEngine:
             out[r] = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             self.masked_samples += int(np.count_nonzero(g))
         return out, res.events
+
+    def _settle_unmask(self, sids: I64) -> None:
+        """Masking goes off where it was asked to, once settled and quiet."""
+        due = sids[
+            (self._unmask_at[sids] >= 0)
+            & (self._n_in[sids] >= self._unmask_at[sids])
+            & ~self._env_on[sids]
+            & ~self._forced[sids]
+        ]
+        if due.size:
+            self._bypass[due] = True
+            self._unmask_at[due] = -1
+            self._n_unmask_pending -= int(due.size)
 
     def _masking_signal(self, start: I64, n: int) -> F32:
         style = self.config.style

@@ -133,7 +133,10 @@ class Proxy:
             tcp_port=sip.tcp_port,
             max_message_size=sip.max_message_size,
             events=self.events,
-            media_config=MediaConfig(media_timeout_s=config.media.timeout_s),
+            media_config=MediaConfig(
+                media_timeout_s=config.media.timeout_s,
+                mask_always=config.masking.mask == "always",
+            ),
         )
         self.registry = Registry()
         self.registry.register(self._collect)

@@ -169,6 +169,9 @@ class MediaConfig:
     provider_digit_queue: int = 32
     # provider audio waiting to be mixed, per destination (samples); more overflows
     mix_fifo_samples: int = 800
+    # mask key presses on every call (True), or only while a payment captures the card
+    # (False: ``mask: during_payment``; IVR menu keys reach the agent outside a payment)
+    mask_always: bool = True
 
     def __post_init__(self) -> None:
         if self.relatch_after_s < 0 or self.media_timeout_s <= 0:
@@ -633,6 +636,8 @@ class CallMedia:
         self.agent = _Leg("agent", agent, config)
         self.counters = MediaCounters()
         self.stream = engine.masker.add_stream()
+        if not config.mask_always:
+            engine.masker.set_masking(self.stream, False, settle_samples=0)
         self.closed = False
         self._events: list[MediaEvent] = []
         self._outbox: list[Datagram] = []
@@ -770,8 +775,12 @@ class CallMedia:
 
     def set_capture(self, on: bool) -> None:
         """While on and a provider leg is attached, every new digit goes to the provider
-        as a clean RFC 4733 event (or in-band tone). Off: queued digits are dropped."""
+        as a clean RFC 4733 event (or in-band tone). Off: queued digits are dropped. With
+        ``mask_always`` off (``mask: during_payment``), capture also switches masking; it
+        goes off only once the last key is over (:meth:`MaskingEngine.set_masking`)."""
         self._capture = on
+        if not self.config.mask_always and not self.closed:
+            self.engine.masker.set_masking(self.stream, on)
         if not on and self._prov is not None:
             self._prov.cancel_digits()
 
@@ -1250,13 +1259,13 @@ class CallMedia:
         start = self._position_of(ev.timestamp)
         if isinstance(ev, RtpDigitStarted):
             self._event_open = True
-            self._offer(ev.digit, "rfc4733", ev.started_at, None)
+            self._offer(ev.digit, "rfc4733", ev.started_at, None, (ssrc, ev.timestamp))
             try:
                 eng.force_mask(self.stream, start, None)
             except Exception:
                 self.counters.engine_failures += 1
             return
-        self._offer(ev.digit, "rfc4733", ev.started_at, ev.ended_at)
+        self._offer(ev.digit, "rfc4733", ev.started_at, ev.ended_at, (ssrc, ev.timestamp))
         end = start + ev.duration
         self._event_open = False
         # fill empty slots until the masked tail has come out of the delay line
@@ -1352,9 +1361,16 @@ class CallMedia:
         elif isinstance(ev, DigitEnded):
             self._offer(ev.digit, "inband", at(ev.start), at(ev.end))
 
-    def _offer(self, digit: str, source: Source, start_ms: float, end_ms: float | None) -> None:
+    def _offer(
+        self,
+        digit: str,
+        source: Source,
+        start_ms: float,
+        end_ms: float | None,
+        press_id: tuple[int, int] | None = None,
+    ) -> None:
         try:
-            new = self._dedup.offer(digit, source, start_ms, end_ms)
+            new = self._dedup.offer(digit, source, start_ms, end_ms, press_id)
         except ValueError:
             return
         if new:

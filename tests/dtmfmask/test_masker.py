@@ -157,7 +157,7 @@ def test_masking_switched_per_stream() -> None:
     samples still in the look-ahead; another stream in the same batch is masked throughout."""
     eng = MaskingEngine(MaskConfig(style="silence"))
     off, on = eng.add_stream(), eng.add_stream()
-    eng.set_masking(off, False)
+    eng.set_masking(off, False, settle_samples=0)
     key = np.concatenate([np.zeros(800), dtmf_tone("5", 800, -6), np.zeros(1600)])
     frames = key.reshape(-1, 160)
     outs: dict[int, list[np.ndarray]] = {off: [], on: []}
@@ -178,3 +178,23 @@ def test_masking_switched_per_stream() -> None:
     switch_out = 7 * 160 - eng.lookahead  # output position when masking came on
     assert np.array_equal(y_off[800:switch_out], np.rint(key[800:switch_out]))
     assert np.count_nonzero(y_off[switch_out:1600]) == 0
+
+
+def test_masking_goes_off_only_once_the_last_key_is_over() -> None:
+    """The card's last key completes the payment at its start; capture stops and masking is
+    switched off while the key still sounds. Nothing of it may reach the agent: masking
+    stays on until the settle time has passed and no key is being masked."""
+    eng = MaskingEngine(MaskConfig(style="silence"))
+    sid = eng.add_stream()
+    x = np.concatenate([np.zeros(480), dtmf_tone("9", 2400, -6), np.zeros(9600)])
+    out = []
+    for i, frame in enumerate(x.reshape(-1, 160)):
+        if i == 4:  # 80 ms into the 300 ms key
+            eng.set_masking(sid, False, settle_samples=800)
+        out.append(eng.process([sid], frame[None, :])[0][0])
+    y = np.concatenate(out)[eng.lookahead :]
+    assert decode(y) == []
+    assert np.count_nonzero(y[480:2880]) == 0
+    # and it did go off afterwards: a later key passes
+    later, _ = eng.process([sid], dtmf_tone("1", 1600, -6).reshape(1, -1))
+    assert np.count_nonzero(later) > 1000

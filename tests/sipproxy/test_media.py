@@ -445,3 +445,29 @@ def test_long_event_segments_once() -> None:
         phone.seq += 1
         h.step()
     assert [d.digit for d in h.digits()] == ["#"]
+
+
+def test_mask_during_payment_only() -> None:
+    """``mask: during_payment``: IVR keys before the payment reach the agent as they are
+    (and are still counted); keys while capture is on are masked; the last key of the card,
+    still sounding when capture stops, stays masked to its end."""
+    h = Harness(config=MediaConfig(mask_always=False))
+    phone = Phone()
+    ivr, _ = with_keys(np.zeros(8 * FRAME * 10), "12")
+    send_audio(h, phone, ivr)
+    h.call.set_capture(True)
+    card, presses = with_keys(np.zeros(8 * FRAME * 10), "34")
+    last = presses[-1]
+    for i, pkt in enumerate(phone.frames(card)):
+        if i * FRAME >= last.start + 2 * FRAME:  # the key completed the card: capture off
+            h.call.set_capture(False)
+        h.caller(pkt)
+        h.step()
+    after, _ = with_keys(np.zeros(8 * FRAME * 10), "5")
+    flush_tail(h, phone, 60)  # the settle time passes
+    send_audio(h, phone, after)
+    flush_tail(h, phone)
+    heard = audio_of(h.agent_rtp())
+    found = "".join(d.digit for d in leak_decode(heard) if d.method == "goertzel")
+    assert found == "125"
+    assert "".join(d.digit for d in h.digits()) == "12345"
