@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import re
 import secrets
+import sqlite3
 import sys
 import tempfile
 from dataclasses import replace
@@ -40,6 +43,8 @@ from tests.leakdecoder import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = "4111111111111111"  # the sandbox approves it (control_api/sandbox.py)
+LINK_CARD = "5555555555554444"  # for the self-service payment: approved too
+PHONE = "+447700900123"  # a drama number (Ofcom): where the demo "texts" the link
 KEYS = CARD + "#" + "1230" + "123" + "90210#"  # card (16 digits: '#'), MMYY, CVV, postcode
 
 
@@ -106,7 +111,78 @@ class AgentUI:
         raise TimeoutError(f"the payment never reached {sorted(until)}")
 
 
-async def demo(config_path: Path, workdir: Path) -> int:
+def outbox_link(db: Path) -> str:
+    """The newest payment link texted (the embedded SMS sender writes an outbox table)."""
+    con = sqlite3.connect(db)
+    try:
+        (body,) = con.execute("SELECT body FROM sms_outbox ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    match = re.search(r"https?://\S+/pay/\S+", body)
+    if match is None:
+        raise RuntimeError("no payment link in the SMS")
+    return match.group(0)
+
+
+async def send_link(ui: AgentUI, call_id: str, db: Path) -> tuple[str, str]:
+    """The agent sends a payment link by SMS (profile card-link); its session and URL."""
+    body = {
+        "profile": "card-link",
+        "phone": PHONE,
+        "amount": "19.99",
+        "currency": "GBP",
+        "billing": {"name": "Ada Lovelace"},
+    }
+    view = await ui.request("POST", f"/v1/calls/{call_id}/payments", body)
+    return view["id"], outbox_link(db)
+
+
+async def self_service(
+    ui: AgentUI, call_id: str, db: Path, http: aiohttp.ClientSession
+) -> dict[str, Any]:
+    """A self-service payment: the agent texts a link; the customer opens the hosted page
+    and submits the form (as a phone's browser would without script); the agent watches."""
+    ui.etag = None
+    pid, url = await send_link(ui, call_id, db)
+    print(f"agent    sends a payment link by SMS (session {pid}); the outbox holds {url}")
+    async with http.get(url) as r:
+        page = await r.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    if r.status != 200 or csrf is None:
+        raise RuntimeError(f"the hosted page did not open: {r.status}")
+    form = {
+        "csrf": csrf.group(1),
+        "card_number": LINK_CARD,
+        "expiry": "12/30",
+        "cvv": "123",
+        "postal_code": "90210",
+    }
+    print("customer opens the link on their phone and pays")
+    async with http.post(url, data=form) as r:
+        result_page = await r.text()
+    shown = re.search(r'data-result="([a-z_]+)"', result_page)
+    if shown is None:
+        raise RuntimeError(f"the hosted page did not take the card: {r.status}")
+    print(f"customer sees: payment {shown.group(1)}")
+    return await ui.watch(pid, {"finished"})
+
+
+async def show_pages(
+    ui: AgentUI, call_id: str, db: Path, base: str, token: str, seconds: float
+) -> None:
+    """Leave the node up so a person can open both pages in a browser."""
+    _, url = await send_link(ui, call_id, db)
+    print(
+        f"\nopen     the agent's panel: {base}/panel  (agent token: {token})\n"
+        f"         the customer's page: {url}  (test card {LINK_CARD}, any future expiry)\n"
+        f"         the call stays up for {seconds:.0f} s; Ctrl-C ends the demo early\n",
+        flush=True,
+    )
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(seconds)
+
+
+async def demo(config_path: Path, workdir: Path, linger: float = 0.0) -> int:
     os.environ.setdefault("DTMFMASK_DEMO_AGENT_TOKEN", secrets.token_urlsafe(32))
     os.environ.setdefault("DTMFMASK_DEMO_ADMIN_TOKEN", secrets.token_urlsafe(32))
     os.environ.setdefault("DTMFMASK_LINK_SECRET", secrets.token_urlsafe(32))  # card-link
@@ -142,7 +218,8 @@ async def demo(config_path: Path, workdir: Path) -> int:
     )
     try:
         await caller.start()
-        async with aiohttp.ClientSession() as http:
+        # unsafe=True: keep cookies from an IP address (the page's CSRF cookie on 127.0.0.1)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             ui = AgentUI(http, base, token)
             await caller.dial(agent_phone.uri())
             await caller.wait_for("CALL_ESTABLISHED", 10)
@@ -185,6 +262,9 @@ async def demo(config_path: Path, workdir: Path) -> int:
             await ui.request("POST", f"/v1/payments/{pid}/process")
             view = await ui.watch(pid, {"finished"})
             await asyncio.sleep(1.0)  # the caller and agent talk a little after the payment
+            link_view = await self_service(ui, call["id"], workdir / "dtmfmask.sqlite3", http)
+            if linger:
+                await show_pages(ui, call["id"], workdir / "dtmfmask.sqlite3", base, token, linger)
             await caller.hangup()
         heard = await agent_phone.recording()
     finally:
@@ -202,7 +282,13 @@ async def demo(config_path: Path, workdir: Path) -> int:
         f"agent    heard {len(heard) / 8000:.1f} s of audio; the adversarial decoder finds "
         f"{len(leaks)} key presses in it"
     )
-    ok = view["result"] == "succeeded" and at_provider and not leaks
+    print(f"link     self-service payment by SMS link: {link_view['result']}")
+    ok = (
+        view["result"] == "succeeded"
+        and link_view["result"] == "succeeded"
+        and at_provider
+        and not leaks
+    )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
@@ -214,14 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--log-level", default="WARNING", help="the node's log level (INFO: every event)"
     )
+    ap.add_argument(
+        "--web",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before hanging up, keep the node up this long and print the addresses of the "
+        "agent's panel and a customer's payment page to open in a browser",
+    )
     args = ap.parse_args(argv)
     configure_logging(level=args.log_level)
     try:
         if args.keep:
             Path(args.keep).mkdir(parents=True, exist_ok=True)
-            return asyncio.run(demo(Path(args.config), Path(args.keep)))
+            return asyncio.run(demo(Path(args.config), Path(args.keep), args.web))
         with tempfile.TemporaryDirectory(prefix="dtmfmask-demo-") as tmp:
-            return asyncio.run(demo(Path(args.config), Path(tmp)))
+            return asyncio.run(demo(Path(args.config), Path(tmp), args.web))
     except BaresipUnavailable as exc:
         print(f"payment demo needs baresip (scripts/setup installs it): {exc}", file=sys.stderr)
         return 2
