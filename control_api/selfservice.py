@@ -47,7 +47,6 @@ it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date
 from decimal import Decimal
@@ -71,24 +70,19 @@ from control_api.events import (
     FieldName,
     FieldProgress,
     FieldState,
-    FieldUpdated,
     Input,
-    LateProviderResult,
     Output,
     PageOpened,
     Proceed,
     Process,
     ProcessPayment,
-    ProviderLegState,
     ProviderResult,
     ResetField,
     Restarted,
     Result,
     SendLink,
     SendPaymentLink,
-    SessionFinished,
     SessionState,
-    SessionUpdated,
     SetDetails,
     SmsOutcome,
     StartCapture,
@@ -98,11 +92,10 @@ from control_api.events import (
 from control_api.links import PageView
 from control_api.profiles import PaymentProfile, ProviderConfig
 from control_api.session import (
-    DECLINE_CODES,
-    FieldView,
+    FieldCapture,
+    SessionCore,
     SessionError,
     SessionErrorCode,
-    SessionView,
     SmsView,
     check_details,
 )
@@ -123,30 +116,7 @@ BEFORE_PROCESSING: Final = (SessionState.CREATED, *WAITING)
 _GUIDED_ONLY: Final = "self-service: the customer enters the card on the payment page"
 
 
-class _Progress:
-    """What the page reported of one field: a count, never a value."""
-
-    __slots__ = ("brand", "count", "error", "masked", "name", "state")
-
-    def __init__(self, name: FieldName) -> None:
-        self.name = name
-        self.state = FieldState.PENDING
-        self.count = 0
-        self.brand: CardBrand | None = None
-        self.error: CardError | None = None
-        self.masked = ""
-
-    def __repr__(self) -> str:
-        return f"_Progress({self.name.value}, {self.state.value}, digits={self.count})"
-
-    def view(self) -> FieldView:
-        valid = {FieldState.COMPLETE: True, FieldState.INVALID: False}.get(self.state)
-        return FieldView(
-            self.name, self.state, self.count, self.masked, self.brand, valid, self.error
-        )
-
-
-class SelfServiceSession:
+class SelfServiceSession(SessionCore[FieldCapture]):
     """One self-service payment (SMS link, hosted page). See the module docstring."""
 
     def __init__(
@@ -166,68 +136,11 @@ class SelfServiceSession:
             raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
         if phone is not None and not is_e164(phone):
             raise ValueError("phone must be an E.164 number")
-        self.id = session_id
-        self.call_id = call_id
-        self.profile = profile
-        self.provider = provider
-        self.today = today
-        self.created_at = now
-        self.state = SessionState.CREATED
-        self.result: Result | None = None
-        self.error: ErrorCode | None = None
-        self.reference: str | None = None
-        self.amount: Decimal | None = None
-        self.currency = profile.currency
-        self.billing: BillingDetails | None = None
-        self.version = 1
-        self.call_ended: str | None = None
+        fields = {name: FieldCapture(name) for name in profile.fields}
+        super().__init__(session_id, call_id, profile, provider, fields, today=today, now=now)
         self.phone = phone
-        self.sms: SmsView | None = None
-        self.link_expires_at: float | None = None
         self.links_sent = 0
-        self._fields = {name: _Progress(name) for name in profile.fields}
-        self._deadline: float | None = now + profile.link_ttl_s
-
-    def __repr__(self) -> str:
-        return (
-            f"SelfServiceSession(id={self.id!r}, call_id={self.call_id!r}, "
-            f"state={self.state.value}, version={self.version})"
-        )
-
-    # -- public surface
-
-    @property
-    def finished(self) -> bool:
-        return self.state is SessionState.FINISHED
-
-    @property
-    def method(self) -> str:
-        return "self_service"
-
-    def view(self) -> SessionView:
-        """The agent's view: the guided shape plus ``sms`` and ``link_expires_at``."""
-        fields = tuple(f.view() for f in self._fields.values())
-        required = tuple(f.name for f in self._fields.values() if f.state != FieldState.COMPLETE)
-        return SessionView(
-            id=self.id,
-            call_id=self.call_id,
-            profile=self.profile.name,
-            method="self_service",
-            state=self.state,
-            fields=fields,
-            required=required,
-            result=self.result,
-            error=self.error,
-            reference=self.reference,
-            amount=self.amount,
-            currency=self.currency,
-            billing=self.billing,
-            caller_held=False,
-            provider_leg=ProviderLegState.NONE,
-            version=self.version,
-            sms=self.sms,
-            link_expires_at=self.link_expires_at,
-        )
+        self._deadline = now + profile.link_ttl_s
 
     def page_view(self, merchant: str) -> PageView:
         """What the customer's page shows (no card data; the amount as a string)."""
@@ -247,44 +160,6 @@ class SelfServiceSession:
     def takes_card(self) -> bool:
         """Whether the page may report progress and submit now."""
         return self.state in WAITING
-
-    def get_timer(self) -> float | None:
-        return self._deadline
-
-    def handle_timer(self, now: float) -> list[Output]:
-        if self._deadline is None or now < self._deadline:
-            return []
-        return self._run(self._timeout)
-
-    def handle(self, event: Input, now: float) -> list[Output]:
-        """Apply one input. Inputs the state refuses raise :class:`SessionError`; a refused
-        card is a :class:`CardRefused` output (the view shows the field invalid)."""
-        return self._run(lambda out: self._dispatch(event, now, out))
-
-    # -- plumbing
-
-    def _run(self, step: Callable[[list[Output]], None]) -> list[Output]:
-        before_fields = {name: f.view() for name, f in self._fields.items()}
-        before = self.view()
-        out: list[Output] = []
-        step(out)
-        for name, f in self._fields.items():
-            v = f.view()
-            b = before_fields[name]
-            if (v.state, v.digits, v.brand, v.error) != (b.state, b.digits, b.brand, b.error):
-                out.append(FieldUpdated(self.id, name, v.state, v.digits, v.brand, v.error))
-        if self.view() != before:
-            self.version += 1
-            out.append(SessionUpdated(self.id, self.version, self.state))
-        return out
-
-    def _require(self, *states: SessionState) -> None:
-        if self.state not in states:
-            allowed = ", ".join(s.value for s in states)
-            raise SessionError(
-                SessionErrorCode.WRONG_STATE,
-                f"not allowed in state {self.state.value} (only in {allowed})",
-            )
 
     def _dispatch(self, event: Input, now: float, out: list[Output]) -> None:
         match event:
@@ -425,23 +300,6 @@ class SelfServiceSession:
 
     # -- the provider and the clock
 
-    def _provider_result(self, event: ProviderResult, out: list[Output]) -> None:
-        if self.finished:
-            out.append(LateProviderResult(self.id, event.outcome, event.reference))
-            return
-        if self.state is not SessionState.PROCESSING:
-            return
-        if event.outcome == "approved":
-            self._finish(Result.SUCCEEDED, None, out, event.reference)
-        elif event.outcome == "declined":
-            code = event.code if event.code in DECLINE_CODES else ErrorCode.CARD_DECLINED
-            self._finish(Result.DECLINED, code, out, event.reference)
-        else:
-            code = event.code or ErrorCode.PROCESSING_ERROR
-            if code in DECLINE_CODES:
-                code = ErrorCode.PROCESSING_ERROR
-            self._finish(Result.FAILED, code, out, event.reference)
-
     def _timeout(self, out: list[Output]) -> None:
         if self.state is SessionState.PROCESSING:
             self._finish(Result.FAILED, ErrorCode.PROCESSING_TIMEOUT, out)
@@ -449,21 +307,6 @@ class SelfServiceSession:
             self._finish(Result.FAILED, ErrorCode.LINK_EXPIRED, out)
         else:
             self._deadline = None
-
-    def _finish(
-        self,
-        result: Result,
-        error: ErrorCode | None,
-        out: list[Output],
-        reference: str | None = None,
-    ) -> None:
-        """The one way to ``finished``. No call actions: this method never touched the call."""
-        self.state = SessionState.FINISHED
-        self.result = result
-        self.error = error
-        self.reference = reference
-        self._deadline = None
-        out.append(SessionFinished(self.id, result, error, reference))
 
     # -- restart
 

@@ -77,11 +77,13 @@ number (if the profile allows), its last four.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from control_api.cards import (
     CardBrand,
@@ -138,8 +140,10 @@ from control_api.profiles import PaymentProfile, ProviderConfig, currency_expone
 
 __all__ = [
     "DECLINE_CODES",
+    "FieldCapture",
     "FieldView",
     "PaymentSession",
+    "SessionCore",
     "SessionError",
     "SessionErrorCode",
     "SessionView",
@@ -305,14 +309,15 @@ class SessionView:
         return doc
 
 
-class _Field:
-    """One card field's capture; ``buf`` is the only place its digits live."""
+class FieldCapture:
+    """One card field as the agent sees it: a state, a count and asterisks, never a value.
+    The self-service session keeps these as the page reports them; the guided one adds the
+    digits' buffer (:class:`_Field`)."""
 
-    __slots__ = ("brand", "buf", "count", "error", "masked", "name", "state")
+    __slots__ = ("brand", "count", "error", "masked", "name", "state")
 
     def __init__(self, name: FieldName) -> None:
         self.name = name
-        self.buf = bytearray()
         self.state = FieldState.PENDING
         self.count = 0
         self.error: CardError | None = None
@@ -320,7 +325,23 @@ class _Field:
         self.masked = ""
 
     def __repr__(self) -> str:
-        return f"_Field({self.name.value}, {self.state.value}, digits={self.count})"
+        return f"{type(self).__name__}({self.name.value}, {self.state.value}, digits={self.count})"
+
+    def view(self) -> FieldView:
+        valid = {FieldState.COMPLETE: True, FieldState.INVALID: False}.get(self.state)
+        return FieldView(
+            self.name, self.state, self.count, self.masked, self.brand, valid, self.error
+        )
+
+
+class _Field(FieldCapture):
+    """One card field's capture; ``buf`` is the only place its digits live."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, name: FieldName) -> None:
+        super().__init__(name)
+        self.buf = bytearray()
 
     def wipe(self) -> None:
         self.buf[:] = bytes(len(self.buf))
@@ -342,12 +363,6 @@ class _Field:
         self.state = FieldState.INVALID
         self.error = code
         self.masked = mask_digits(self.count)
-
-    def view(self) -> FieldView:
-        valid = {FieldState.COMPLETE: True, FieldState.INVALID: False}.get(self.state)
-        return FieldView(
-            self.name, self.state, self.count, self.masked, self.brand, valid, self.error
-        )
 
 
 def check_details(profile: PaymentProfile, event: SetDetails) -> tuple[Decimal, BillingDetails]:
@@ -397,8 +412,15 @@ def check_details(profile: PaymentProfile, event: SetDetails) -> tuple[Decimal, 
 # ------------------------------------------------------------------------------ machine
 
 
-class PaymentSession:
-    """One payment on one call (guided method). See the module docstring for the flow."""
+_F = TypeVar("_F", bound=FieldCapture)
+
+
+class SessionCore(ABC, Generic[_F]):
+    """What the guided and the self-service session share: the payment's record (ids,
+    amount, billing, result), the agent's view, the one deadline, the step that turns a
+    change into ``FieldUpdated``/``SessionUpdated``, and the provider's answer. The methods
+    add how an input moves the state (:meth:`_dispatch`), what a deadline means
+    (:meth:`_timeout`) and what finishing does besides recording (:meth:`_finish`)."""
 
     def __init__(
         self,
@@ -406,14 +428,11 @@ class PaymentSession:
         call_id: str,
         profile: PaymentProfile,
         provider: ProviderConfig,
+        fields: dict[FieldName, _F],
         *,
         today: date,
         now: float,
     ) -> None:
-        if profile.method != "guided":
-            raise ValueError(f"profile {profile.name!r}: only guided sessions are modelled yet")
-        if provider.name != profile.provider:
-            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
         self.id = session_id
         self.call_id = call_id
         self.profile = profile
@@ -429,14 +448,16 @@ class PaymentSession:
         self.billing: BillingDetails | None = None
         self.caller_held = False
         self.provider_leg = ProviderLegState.NONE
+        self.sms: SmsView | None = None
+        self.link_expires_at: float | None = None
         self.version = 1
         self.call_ended: str | None = None
-        self._fields = {name: _Field(name) for name in profile.fields}
+        self._fields = fields
         self._deadline: float | None = None
 
     def __repr__(self) -> str:
         return (
-            f"PaymentSession(id={self.id!r}, call_id={self.call_id!r}, "
+            f"{type(self).__name__}(id={self.id!r}, call_id={self.call_id!r}, "
             f"state={self.state.value}, version={self.version})"
         )
 
@@ -446,8 +467,13 @@ class PaymentSession:
     def finished(self) -> bool:
         return self.state is SessionState.FINISHED
 
+    @property
+    def method(self) -> str:
+        return self.profile.method
+
     def view(self) -> SessionView:
-        """What the agent UI may see: states, counts, asterisks, last four after validation."""
+        """What the agent UI may see: states, counts, asterisks, last four after validation
+        (and, self-service, ``sms`` and ``link_expires_at``)."""
         fields = tuple(f.view() for f in self._fields.values())
         required = tuple(f.name for f in self._fields.values() if f.state != FieldState.COMPLETE)
         return SessionView(
@@ -467,6 +493,8 @@ class PaymentSession:
             caller_held=self.caller_held,
             provider_leg=self.provider_leg,
             version=self.version,
+            sms=self.sms,
+            link_expires_at=self.link_expires_at,
         )
 
     def get_timer(self) -> float | None:
@@ -477,16 +505,16 @@ class PaymentSession:
         """Fire the deadline if ``now`` reached it; early calls do nothing."""
         if self._deadline is None or now < self._deadline:
             return []
-        return self._run(lambda out: self._timeout(out), now)
+        return self._run(self._timeout)
 
     def handle(self, event: Input, now: float) -> list[Output]:
         """Apply one input. Agent inputs the state refuses raise :class:`SessionError`;
-        call-control and DSP inputs that no longer matter are ignored."""
-        return self._run(lambda out: self._dispatch(event, now, out), now)
+        inputs that no longer matter are ignored."""
+        return self._run(lambda out: self._dispatch(event, now, out))
 
     # -- plumbing
 
-    def _run(self, step: Any, now: float) -> list[Output]:
+    def _run(self, step: Callable[[list[Output]], None]) -> list[Output]:
         before_fields = {name: f.view() for name, f in self._fields.items()}
         before = self.view()
         out: list[Output] = []
@@ -500,6 +528,76 @@ class PaymentSession:
             self.version += 1
             out.append(SessionUpdated(self.id, self.version, self.state))
         return out
+
+    def _require(self, *states: SessionState) -> None:
+        if self.state not in states:
+            allowed = ", ".join(s.value for s in states)
+            raise SessionError(
+                SessionErrorCode.WRONG_STATE,
+                f"not allowed in state {self.state.value} (only in {allowed})",
+            )
+
+    @abstractmethod
+    def _dispatch(self, event: Input, now: float, out: list[Output]) -> None: ...
+
+    @abstractmethod
+    def _timeout(self, out: list[Output]) -> None: ...
+
+    # -- the provider's answer and the end
+
+    def _provider_result(self, event: ProviderResult, out: list[Output]) -> None:
+        if self.finished:
+            out.append(LateProviderResult(self.id, event.outcome, event.reference))
+            return
+        if self.state is not SessionState.PROCESSING:
+            return  # nothing was sent: not ours
+        if event.outcome == "approved":
+            self._finish(Result.SUCCEEDED, None, out, event.reference)
+        elif event.outcome == "declined":
+            code = event.code if event.code in DECLINE_CODES else ErrorCode.CARD_DECLINED
+            self._finish(Result.DECLINED, code, out, event.reference)
+        else:
+            code = event.code or ErrorCode.PROCESSING_ERROR
+            if code in DECLINE_CODES:
+                code = ErrorCode.PROCESSING_ERROR
+            self._finish(Result.FAILED, code, out, event.reference)
+
+    def _finish(
+        self,
+        result: Result,
+        error: ErrorCode | None,
+        out: list[Output],
+        reference: str | None = None,
+    ) -> None:
+        """The one way to ``finished``: the record. A method that touched the call adds
+        its call actions before this."""
+        self.state = SessionState.FINISHED
+        self.result = result
+        self.error = error
+        self.reference = reference
+        self._deadline = None
+        out.append(SessionFinished(self.id, result, error, reference))
+
+
+class PaymentSession(SessionCore[_Field]):
+    """One payment on one call (guided method). See the module docstring for the flow."""
+
+    def __init__(
+        self,
+        session_id: str,
+        call_id: str,
+        profile: PaymentProfile,
+        provider: ProviderConfig,
+        *,
+        today: date,
+        now: float,
+    ) -> None:
+        if profile.method != "guided":
+            raise ValueError(f"profile {profile.name!r}: only guided sessions are modelled yet")
+        if provider.name != profile.provider:
+            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
+        fields = {name: _Field(name) for name in profile.fields}
+        super().__init__(session_id, call_id, profile, provider, fields, today=today, now=now)
 
     def _dispatch(self, event: Input, now: float, out: list[Output]) -> None:
         match event:
@@ -534,14 +632,6 @@ class PaymentSession:
             case Restarted():
                 if not self.finished:
                     self._finish(Result.INTERRUPTED, ErrorCode.PROCESS_RESTART, out)
-
-    def _require(self, *states: SessionState) -> None:
-        if self.state not in states:
-            allowed = ", ".join(s.value for s in states)
-            raise SessionError(
-                SessionErrorCode.WRONG_STATE,
-                f"not allowed in state {self.state.value} (only in {allowed})",
-            )
 
     # -- agent actions
 
@@ -640,23 +730,6 @@ class PaymentSession:
             code = ErrorCode.CALLER_HUNG_UP if by == "caller" else ErrorCode.AGENT_HUNG_UP
             self._finish(Result.INTERRUPTED, code, out)
 
-    def _provider_result(self, event: ProviderResult, out: list[Output]) -> None:
-        if self.finished:
-            out.append(LateProviderResult(self.id, event.outcome, event.reference))
-            return
-        if self.state is not SessionState.PROCESSING:
-            return  # nothing was sent: not ours
-        if event.outcome == "approved":
-            self._finish(Result.SUCCEEDED, None, out, event.reference)
-        elif event.outcome == "declined":
-            code = event.code if event.code in DECLINE_CODES else ErrorCode.CARD_DECLINED
-            self._finish(Result.DECLINED, code, out, event.reference)
-        else:
-            code = event.code or ErrorCode.PROCESSING_ERROR
-            if code in DECLINE_CODES:
-                code = ErrorCode.PROCESSING_ERROR
-            self._finish(Result.FAILED, code, out, event.reference)
-
     def _timeout(self, out: list[Output]) -> None:
         code = {
             SessionState.PROVIDER_JOINING: ErrorCode.PROVIDER_NO_ANSWER,
@@ -687,12 +760,7 @@ class PaymentSession:
         if self.provider_leg is not ProviderLegState.NONE:
             self.provider_leg = ProviderLegState.RELEASED
         self.caller_held = False
-        self.state = SessionState.FINISHED
-        self.result = result
-        self.error = error
-        self.reference = reference
-        self._deadline = None
-        out.append(SessionFinished(self.id, result, error, reference))
+        super()._finish(result, error, out, reference)
 
     # -- key presses
 
