@@ -525,7 +525,11 @@ class _Reader:
             if problem is not None:
                 r.problem(m["url"], f"{dotted}.url", f"{problem}, got {url!r}")
                 url = None
-        secret = self._webhook_secret(m["secret"], f"{dotted}.secret") if "secret" in m else None
+        secret = (
+            self._env_secret(m["secret"], f"{dotted}.secret", MIN_WEBHOOK_SECRET_LENGTH)
+            if "secret" in m
+            else None
+        )
         d = WebhookConfig("", "")
         timeout = self._seconds(m, dotted, "timeout_s", d.timeout_s, 0.5, 60)
         attempts = d.max_attempts
@@ -546,7 +550,8 @@ class _Reader:
             return None
         return WebhookConfig(url, secret, timeout, attempts, events)
 
-    def _webhook_secret(self, node: yaml.Node, dotted: str) -> str | None:
+    def _env_secret(self, node: yaml.Node, dotted: str, min_len: int) -> str | None:
+        """A secret given as ``{env: NAME}`` (never in the file), at least ``min_len``."""
         r = self.r
         if not isinstance(node, yaml.MappingNode):
             r.problem(
@@ -559,23 +564,28 @@ class _Reader:
         m = r.mapping(node, dotted, ("env",), required=("env",))
         if m is None or "env" not in m:
             return None
-        var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
+        return self._env_value(m["env"], f"{dotted}.env", "secret", min_len)
+
+    def _env_value(self, node: yaml.Node, dotted: str, what: str, min_len: int) -> str | None:
+        """The value of the environment variable named at ``node`` (the ``env:`` of a secret
+        or token), at least ``min_len`` characters; ``what`` names it in the problems."""
+        r = self.r
+        var = r.string(node, dotted, "an environment variable name")
         if var is None:
             return None
         if not _ENV.match(var):
-            r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
+            r.problem(node, dotted, f"not a variable name: {var!r}")
             return None
         value = self.env.get(var)
         if value is None:
-            r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
+            r.problem(node, dotted, f"environment variable {var} is not set")
             return None
-        if len(value) < MIN_WEBHOOK_SECRET_LENGTH:
+        if len(value) < min_len:
             r.problem(
-                m["env"],
-                f"{dotted}.env",
-                f"the secret in {var} is too short (at least {MIN_WEBHOOK_SECRET_LENGTH} "
-                "characters: use a random one, e.g. python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))')",
+                node,
+                dotted,
+                f"the {what} in {var} is too short (at least {min_len} characters: use a "
+                "random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
             )
             return None
         return value
@@ -601,23 +611,9 @@ class _Reader:
             return None
         digest: str | None = None
         if given[0] == "env":
-            var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
-            if var is not None and not _ENV.match(var):
-                r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
-            elif var is not None:
-                value = self.env.get(var)
-                if value is None:
-                    r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
-                elif len(value) < MIN_TOKEN_LENGTH:
-                    r.problem(
-                        m["env"],
-                        f"{dotted}.env",
-                        f"the token in {var} is too short (at least {MIN_TOKEN_LENGTH} "
-                        "characters: use a random one, e.g. python -c 'import secrets; "
-                        "print(secrets.token_urlsafe(32))')",
-                    )
-                else:
-                    digest = hash_token(value)
+            value = self._env_value(m["env"], f"{dotted}.env", "token", MIN_TOKEN_LENGTH)
+            if value is not None:
+                digest = hash_token(value)
         else:
             text = r.string(m["sha256"], f"{dotted}.sha256", "64 lowercase hex digits")
             if text is not None and not _HEX64.match(text):
@@ -695,40 +691,6 @@ class _Reader:
         return StorageConfig(path)
 
     # -- links and sms (self-service)
-
-    def _env_secret(self, node: yaml.Node, dotted: str, min_len: int) -> str | None:
-        """A secret given as ``{env: NAME}`` (never in the file), at least ``min_len``."""
-        r = self.r
-        if not isinstance(node, yaml.MappingNode):
-            r.problem(
-                node,
-                dotted,
-                "secrets are never written in this file: give {env: VARIABLE} (the secret in "
-                "an environment variable)",
-            )
-            return None
-        m = r.mapping(node, dotted, ("env",), required=("env",))
-        if m is None or "env" not in m:
-            return None
-        var = r.string(m["env"], f"{dotted}.env", "an environment variable name")
-        if var is None:
-            return None
-        if not _ENV.match(var):
-            r.problem(m["env"], f"{dotted}.env", f"not a variable name: {var!r}")
-            return None
-        value = self.env.get(var)
-        if value is None:
-            r.problem(m["env"], f"{dotted}.env", f"environment variable {var} is not set")
-            return None
-        if len(value) < min_len:
-            r.problem(
-                m["env"],
-                f"{dotted}.env",
-                f"the secret in {var} is too short (at least {min_len} characters: use a "
-                "random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
-            )
-            return None
-        return value
 
     def _links(
         self,
