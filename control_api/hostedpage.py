@@ -629,11 +629,15 @@ class HostedPage:
         def limiter(spec: tuple[int, float]) -> RateLimiter:
             return RateLimiter(spec[0], spec[1], lim.max_keys)
 
-        self._view_ip = limiter(lim.view_per_ip)
-        self._progress_token = limiter(lim.progress_per_token)
-        self._progress_ip = limiter(lim.progress_per_ip)
-        self._submit_token = limiter(lim.submit_per_token)
-        self._submit_ip = limiter(lim.submit_per_ip)
+        self._per_ip = {
+            "view": limiter(lim.view_per_ip),
+            "progress": limiter(lim.progress_per_ip),
+            "submit": limiter(lim.submit_per_ip),
+        }
+        self._per_link = {
+            "progress": limiter(lim.progress_per_token),
+            "submit": limiter(lim.submit_per_token),
+        }
         self._bad_ip = limiter(lim.bad_attempts_per_ip)
         self.counts: dict[tuple[tuple[str, str], ...], int] = {}
         # submits waiting for the provider, by link: a second POST of the same form (a
@@ -713,9 +717,12 @@ class HostedPage:
                 return last[:64]
         return request.remote or "unknown"
 
-    def _limit(self, route: str, ip: str, *checks: tuple[RateLimiter, str, str]) -> None:
-        """Refuse if the IP spent its bad attempts, or any of ``(limiter, key, scope)`` is
-        spent; count a hit on each only when all allow it."""
+    def _limit(self, route: str, ip: str, token: str) -> None:
+        """Refuse if the IP spent its bad attempts, or the route's limit per IP or (where it
+        has one) per link is spent; count a hit on each only when all allow it."""
+        checks = [(self._per_ip[route], ip, "ip")]
+        if route in self._per_link:
+            checks.append((self._per_link[route], token[:MAX_TOKEN], "link"))
         now = self._clock()
         waits = [(self._bad_ip.retry_after(ip, now), "bad_attempts")]
         waits += [(lim.retry_after(key, now), scope) for lim, key, scope in checks]
@@ -821,26 +828,19 @@ class HostedPage:
         token = request.match_info["token"]
         ip = self._client(request)
         try:
-            self._limit("view", ip, (self._view_ip, ip, "ip"))
+            self._limit("view", ip, token)
         except _Limited as exc:
             return self._too_many(exc, json_body=False)
-        view = self._page_view(token, ip)
-        if view is None:
-            return self._invalid()
-        if view.result is not None or view.state == "processing":
-            return self._outcome(view)
+        view = self._open_page(token, ip)
+        if isinstance(view, web.Response):
+            return view
         return self._form(request, token, view)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
         ip = self._client(request)
         try:
-            self._limit(
-                "submit",
-                ip,
-                (self._submit_ip, ip, "ip"),
-                (self._submit_token, token[:MAX_TOKEN], "link"),
-            )
+            self._limit("submit", ip, token)
         except _Limited as exc:
             return self._too_many(exc, json_body=False)
         form = await request.post()
@@ -852,11 +852,9 @@ class HostedPage:
             if first is not None:
                 self._count("resubmitted")
                 return self._outcome(first)
-        view = self._page_view(token, ip)
-        if view is None:
-            return self._invalid()
-        if view.result is not None or view.state == "processing":
-            return self._outcome(view)
+        view = self._open_page(token, ip)
+        if isinstance(view, web.Response):
+            return view
         if not csrf_ok:
             self._bad_attempt("bad_csrf", ip, route="submit")
             log.info("payment page post without a valid CSRF token", route="submit", remote=ip)
@@ -900,12 +898,7 @@ class HostedPage:
         token = request.match_info["token"]
         ip = self._client(request)
         try:
-            self._limit(
-                "progress",
-                ip,
-                (self._progress_ip, ip, "ip"),
-                (self._progress_token, token[:MAX_TOKEN], "link"),
-            )
+            self._limit("progress", ip, token)
         except _Limited as exc:
             return self._too_many(exc, json_body=True)
         if not self._csrf_ok(request, token, request.headers.get(CSRF_HEADER)):
@@ -929,6 +922,16 @@ class HostedPage:
             return _json_error(exc.status, exc.code, exc.message)
         self._count("progress")
         return web.Response(status=204)
+
+    def _open_page(self, token: str, ip: str) -> PageView | web.Response:
+        """The page's view while it takes the card; else the answer: link not valid, or the
+        outcome (processing or finished)."""
+        view = self._page_view(token, ip)
+        if view is None:
+            return self._invalid()
+        if view.result is not None or view.state == "processing":
+            return self._outcome(view)
+        return view
 
     def _page_view(self, token: str, ip: str) -> PageView | None:
         if not token or len(token) > MAX_TOKEN:
