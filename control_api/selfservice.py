@@ -132,12 +132,10 @@ class SelfServiceSession(SessionCore[FieldCapture]):
     ) -> None:
         if profile.method != "self_service":
             raise ValueError(f"profile {profile.name!r} is not a self-service profile")
-        if provider.name != profile.provider:
-            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
-        if phone is not None and not is_e164(phone):
-            raise ValueError("phone must be an E.164 number")
         fields = {name: FieldCapture(name) for name in profile.fields}
         super().__init__(session_id, call_id, profile, provider, fields, today=today, now=now)
+        if phone is not None and not is_e164(phone):
+            raise ValueError("phone must be an E.164 number")
         self.phone = phone
         self.links_sent = 0
         self._deadline = now + profile.link_ttl_s

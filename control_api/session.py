@@ -433,6 +433,8 @@ class SessionCore(ABC, Generic[_F]):
         today: date,
         now: float,
     ) -> None:
+        if provider.name != profile.provider:
+            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
         self.id = session_id
         self.call_id = call_id
         self.profile = profile
@@ -594,8 +596,6 @@ class PaymentSession(SessionCore[_Field]):
     ) -> None:
         if profile.method != "guided":
             raise ValueError(f"profile {profile.name!r}: only guided sessions are modelled yet")
-        if provider.name != profile.provider:
-            raise ValueError(f"profile {profile.name!r} uses provider {profile.provider!r}")
         fields = {name: _Field(name) for name in profile.fields}
         super().__init__(session_id, call_id, profile, provider, fields, today=today, now=now)
 
