@@ -333,32 +333,32 @@ def _ok(schema: str, status: int = 200, etag: bool = False, why: str = "OK") -> 
     return {str(status): response}
 
 
+def _payment_op(
+    summary: str, description: str = "", body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An agent's action on one payment: the payment's view back, with its ETag."""
+    return _op(
+        summary,
+        _ok("Payment", etag=True),
+        403,
+        404,
+        409,
+        422,
+        params=[_PAYMENT_ID],
+        body=body,
+        description=description,
+    )
+
+
 def _payment_action(summary: str, description: str = "") -> dict[str, Any]:
-    return {
-        "post": _op(
-            summary,
-            _ok("Payment", etag=True),
-            403,
-            404,
-            409,
-            422,
-            params=[_PAYMENT_ID],
-            description=description,
-        )
-    }
+    return {"post": _payment_op(summary, description)}
 
 
-_DETAILS_OP: Final = _op(
+_DETAILS_OP: Final = _payment_op(
     "Set amount, currency and billing details",
-    _ok("Payment", etag=True),
-    403,
-    404,
-    409,
-    422,
-    params=[_PAYMENT_ID],
-    body=_ref("Details"),
-    description="Allowed from provider_joining to ready. Billing text that looks like a card "
+    "Allowed from provider_joining to ready. Billing text that looks like a card "
     "number is refused (billing_contains_card_number): the caller keys the card.",
+    _ref("Details"),
 )
 
 _PATHS: Final[dict[str, Any]] = {
@@ -463,18 +463,12 @@ _PATHS: Final[dict[str, Any]] = {
         "Abandon the payment", "Refused once processing started (409 wrong_state)."
     ),
     "/v1/payments/{payment_id}/sms": {
-        "post": _op(
+        "post": _payment_op(
             "Self-service: send the payment link by SMS (again)",
-            _ok("Payment", etag=True),
-            403,
-            404,
-            409,
-            422,
-            params=[_PAYMENT_ID],
-            body=_ref("SendLink"),
-            description="Allowed in created (once the details are set), link_sent and "
+            "Allowed in created (once the details are set), link_sent and "
             "sms_failed. A new link is issued and the earlier one stops working; the SMS "
             "state shows in the view (sms).",
+            _ref("SendLink"),
         )
     },
     "/v1/payments/{payment_id}/switch-to-guided": {
