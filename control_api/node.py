@@ -20,12 +20,10 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see sipproxy.app
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +38,9 @@ from control_api.profiles import PaymentsConfig, load_payments
 from control_api.sandbox_ua import SandboxUA
 from control_api.service import PaymentService
 from control_api.storage import Storage
-from sipproxy.app import Proxy
+from sipproxy.app import Proxy, command_line, complain, serve, stop_on_signals
 from sipproxy.callcontrol import ProxyCallControl
 from sipproxy.config import Config, ConfigError, load_config
-from sipproxy.logsetup import configure_logging
 from sipproxy.metrics import CONTENT_TYPE
 from sipproxy.providerleg import provider_target
 from sipproxy.server import bind_error
@@ -146,11 +143,8 @@ async def run(
 ) -> int:
     node = Node(proxy_config, payments)
     await node.start()
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, node.reload)
     if ready is not None:
@@ -168,10 +162,7 @@ async def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dtmfmask-proxy", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="profiles.yaml (default: the embedded loopback defaults)")
-    ap.add_argument("--log-format", choices=("kv", "json"), default="kv")
-    args = ap.parse_args(argv)
+    args = command_line(argv, __doc__.splitlines()[0])
     problems: list[str] = []
     proxy_config: Config | None = None
     payments: PaymentsConfig | None = None
@@ -185,20 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append(str(exc))
     if problems or proxy_config is None or payments is None:
         for problem in problems:
-            print(f"dtmfmask-proxy: {problem}", file=sys.stderr)
+            complain(problem)
         return 2
-    configure_logging(fmt=args.log_format)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        return asyncio.run(run(proxy_config, payments))
-    except OSError as exc:
-        print(f"dtmfmask-proxy: cannot start: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    return serve(lambda: run(proxy_config, payments), args.log_format)
 
 
 if __name__ == "__main__":

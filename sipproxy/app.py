@@ -22,8 +22,9 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any, Literal
 
 import structlog
 
@@ -215,14 +216,50 @@ class Proxy:
         ]
 
 
-async def run(config: Config, *, ready: asyncio.Event | None = None) -> int:
-    proxy = Proxy(config)
-    await proxy.start()
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets (where the loop takes signal handlers)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def command_line(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    """``dtmfmask-proxy``'s arguments: ``--config`` and ``--log-format``."""
+    ap = argparse.ArgumentParser(prog="dtmfmask-proxy", description=description)
+    ap.add_argument("--config", help="profiles.yaml (default: the embedded loopback defaults)")
+    ap.add_argument("--log-format", choices=("kv", "json"), default="kv")
+    return ap.parse_args(argv)
+
+
+def complain(problem: str) -> int:
+    """Say ``problem`` on stderr; the exit status 2."""
+    print(f"dtmfmask-proxy: {problem}", file=sys.stderr)
+    return 2
+
+
+def serve(start: Callable[[], Coroutine[Any, Any, int]], log_format: Literal["json", "kv"]) -> int:
+    """Logging set up, uvloop if installed, then ``start()`` run to its exit status; a
+    socket that cannot be bound is exit status 2 with the reason."""
+    configure_logging(fmt=log_format)
+    try:
+        import uvloop
+
+        uvloop.install()  # 3.8-5.9x the stdlib loop on UDP (DESIGN.md); optional
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(start())
+    except OSError as exc:  # e.g. the SIP port is taken
+        return complain(f"cannot start: {exc.strerror or exc}")
+
+
+async def run(config: Config, *, ready: asyncio.Event | None = None) -> int:
+    proxy = Proxy(config)
+    await proxy.start()
+    stop = stop_on_signals()
     if ready is not None:
         ready.set()
     print(f"dtmfmask-proxy: ready sip={config.sip.listen}:{proxy.sip.udp_port}", flush=True)
@@ -233,27 +270,12 @@ async def run(config: Config, *, ready: asyncio.Event | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dtmfmask-proxy", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="profiles.yaml (default: the embedded loopback defaults)")
-    ap.add_argument("--log-format", choices=("kv", "json"), default="kv")
-    args = ap.parse_args(argv)
+    args = command_line(argv, __doc__.splitlines()[0])
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"dtmfmask-proxy: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(fmt=args.log_format)
-    try:
-        import uvloop
-
-        uvloop.install()  # 3.8-5.9x the stdlib loop on UDP (DESIGN.md); optional
-    except ImportError:
-        pass
-    try:
-        return asyncio.run(run(config))
-    except OSError as exc:  # e.g. the SIP port is taken
-        print(f"dtmfmask-proxy: cannot start: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return complain(str(exc))
+    return serve(lambda: run(config), args.log_format)
 
 
 if __name__ == "__main__":
