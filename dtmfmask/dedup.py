@@ -15,9 +15,11 @@ Matching rules, in order:
    name instead, never by time: its reports carry arrival times, and jitter or a stalled
    loop can bring the next press of the same key within ``gap_ms`` of the last one.
 2. Otherwise it is the same press as a counted press of the same digit that this source has
-   not reported yet and that it overlaps, or starts within ``window_ms`` of. A press takes
-   at most one report per source, which is what keeps two real presses of one key two
-   digits however late or stretched another source's reports are.
+   not reported yet and that it overlaps, or starts within ``window_ms`` of. While either
+   end is unknown, starting within the other's span is overlapping: within the press until
+   its end, or (a press still open) up to ``open_ms`` after its start. A press
+   takes at most one report per source, which is what keeps two real presses of one key
+   two digits however late or stretched another source's reports are.
 3. SIP INFO is late, by as much as signalling takes: an INFO report matches a press that
    started up to ``info_tolerance_ms`` before it (the oldest such press first, since INFO
    arrives in order), and a media report matches an INFO-only press that started up to
@@ -77,15 +79,20 @@ class DigitDeduplicator:
         *,
         gap_ms: float = 20.0,
         info_tolerance_ms: float = 2000.0,
+        open_ms: float = 500.0,
         memory: int = 64,
     ) -> None:
-        if window_ms < 0 or gap_ms < 0 or info_tolerance_ms < 0:
+        if window_ms < 0 or gap_ms < 0 or info_tolerance_ms < 0 or open_ms < 0:
             raise ValueError("tolerances must not be negative")
         if memory < 1:
             raise ValueError("memory must hold at least one press")
         self.window_ms = window_ms
         self.gap_ms = gap_ms
         self.info_tolerance_ms = info_tolerance_ms
+        # a press still open takes another source's copy starting this long after it (an
+        # in-band copy whose first frames an overloaded node dropped or masked); a press
+        # whose end was lost takes none later than that
+        self.open_ms = open_ms
         self._presses: deque[_Press] = deque(maxlen=memory)
 
     def offer(
@@ -152,8 +159,17 @@ class DigitDeduplicator:
                 overlap = (
                     p_end is not None and end is not None and start <= p_end and p_start <= end
                 )
-                ok = overlap or abs(d) <= self.window_ms
+                ok = overlap or abs(d) <= self.window_ms or self._inside(start, end, p_start, p_end)
                 score = abs(d)
             if ok and score < best_score:
                 best, best_score = press, score
         return best
+
+    def _inside(self, start: float, end: float | None, p_start: float, p_end: float | None) -> bool:
+        """A report whose end is not known yet (or of a press whose end is not known yet)
+        that starts within the other one's span: two presses of a key cannot overlap, so it
+        is the same press, however late the start of one source's copy is (e.g. an
+        in-band copy whose first frames an overloaded node dropped)."""
+        if p_end is None:
+            return p_start - self.window_ms <= start <= p_start + self.open_ms
+        return end is None and p_start - self.window_ms <= start <= p_end
