@@ -286,6 +286,15 @@ class EventReceiver:
         press = self._active
         return None if press is None else press.last_seen + self.end_timeout_ms
 
+    def progress(self) -> tuple[int, int, int] | None:
+        """(SSRC, first timestamp, timestamp reported up to) of the open press (the last
+        is its segment's timestamp plus duration), or None when no press is open: the
+        sender's media clock, which arrival times under load do not follow."""
+        press = self._active
+        if press is None:
+            return None
+        return press.ssrc, press.first_ts, (press.segment_ts + press.segment_duration) % _TS_MOD
+
     # -- internals ------------------------------------------------------------------------
 
     def _report(
