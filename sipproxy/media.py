@@ -284,6 +284,7 @@ _HDR = struct.Struct("!BBHII")
 _HDR_UNPACK = _HDR.unpack_from
 _HDR_PACK = _HDR.pack
 _LATE_D = _TS_MOD - SAMPLE_RATE * 2  # ts - fed (mod 2**32) above this: a slot already gone
+_MS_PER_SAMPLE = 1000.0 / SAMPLE_RATE
 
 
 class _Latch:
@@ -657,6 +658,7 @@ class CallMedia:
         self._anchor_pos = -1
         self._slot_time = now  # arrival time of the newest frame queued (real or fill)
         self._event_open = False
+        self._event_filled = False  # masking frames took slots during the open event
         self._fill_until = -1  # keep filling empty slots until the engine has had this much
         self._opened = now
         self._timeout_reported_at: float | None = None  # _last_rx when the timeout was sent
@@ -937,11 +939,16 @@ class CallMedia:
                 now=now * 1000.0,
             ):
                 self._on_rtp_event(ev, ssrc)
-            self._fill_slots(now)
+            self._fill_slots(now, packet=True)
 
     def on_sip_info(self, digit: str, duration_ms: float, now: float) -> None:
-        """A key press reported by SIP INFO (the B2BUA parsed it; it goes nowhere else)."""
-        self._offer(digit, "info", now * 1000.0, now * 1000.0 + max(duration_ms, 0.0))
+        """A key press reported by SIP INFO (the B2BUA parsed it; it goes nowhere else).
+
+        INFO has no media time of its own: it is placed on the call's media clock (engine
+        input positions, see :meth:`_offer`) where the caller's audio is now, by the time
+        since the newest frame came."""
+        start = (self._fed + (now - self._slot_time) * SAMPLE_RATE) * _MS_PER_SAMPLE
+        self._offer(digit, "info", start, start + max(duration_ms, 0.0), at=now)
 
     def tick(self, now: float) -> None:
         """Timer work, about every 20 ms: masking frames for empty slots during an RFC 4733
@@ -1221,6 +1228,15 @@ class CallMedia:
         c = self.caller.counters
         if self._n_pending_frames >= self._max_pending:
             c.flood += 1
+            if (
+                ssrc == self._ssrc_fed
+                and self._anchor_pos >= 0
+                and _ts_diff(ts, self._anchor_ts) > 0
+            ):
+                # dropped audio takes no engine positions: what follows it starts at _fed
+                # (RFC 4733 timestamps keep mapping onto the positions the detector sees)
+                self._anchor_ts = (ts + stop - start) & 0xFFFFFFFF
+                self._anchor_pos = self._fed
             return
         if ssrc == self._ssrc_fed and (ts - self._ts_at_fed) & 0xFFFFFFFF > _LATE_D:
             # its slot is gone: already sent (a masking frame filled it, or a duplicate)
@@ -1259,25 +1275,71 @@ class CallMedia:
         start = self._position_of(ev.timestamp)
         if isinstance(ev, RtpDigitStarted):
             self._event_open = True
-            self._offer(ev.digit, "rfc4733", ev.started_at, None, (ssrc, ev.timestamp))
+            self._event_filled = False
+            self._offer(
+                ev.digit,
+                "rfc4733",
+                start * _MS_PER_SAMPLE,
+                None,
+                (ssrc, ev.timestamp),
+                at=ev.started_at / 1000.0,
+            )
             try:
                 eng.force_mask(self.stream, start, None)
             except Exception:
                 self.counters.engine_failures += 1
             return
-        self._offer(ev.digit, "rfc4733", ev.started_at, ev.ended_at, (ssrc, ev.timestamp))
         end = start + ev.duration
+        self._offer(
+            ev.digit,
+            "rfc4733",
+            start * _MS_PER_SAMPLE,
+            end * _MS_PER_SAMPLE,
+            (ssrc, ev.timestamp),
+            at=ev.started_at / 1000.0,
+        )
         self._event_open = False
-        # fill empty slots until the masked tail has come out of the delay line
-        self._fill_until = max(self._fill_until, end + eng.lookahead + 2 * 160)
+        if self._event_filled or not self._audio_keeps_pace(
+            ssrc, ev.timestamp, ev.timestamp + ev.duration
+        ):
+            # the caller sent no audio during the event: fill empty slots until the masked
+            # tail has come out of the delay line
+            self._fill_until = max(self._fill_until, end + eng.lookahead + 2 * 160)
+        # else its own audio, in step with the event, carries the tail out
         self._queue(end)
 
-    def _fill_slots(self, now: float) -> None:
-        """Masking frames for the 20 ms slots the caller leaves empty during an event."""
+    def _audio_keeps_pace(
+        self, ssrc: int, first: int, reached: int, *, inside: bool = True
+    ) -> bool:
+        """On the caller's own clock, its audio goes on during the event of stream ``ssrc``
+        that began at RTP timestamp ``first`` and has reported up to ``reached``: the audio
+        queued is within a frame of ``reached`` (and, if ``inside``, some of it is from
+        inside the event). Then the event's slots are the audio's, however late it comes."""
+        if ssrc != self._ssrc_fed or self._anchor_pos < 0:
+            return False
+        n = SAMPLE_RATE * self.caller.params.ptime_ms // 1000
+        audio_end = (self._anchor_ts + n) & 0xFFFFFFFF
+        if inside and _ts_diff(audio_end, first) <= 0:
+            return False
+        return _ts_diff(reached & 0xFFFFFFFF, audio_end) <= n
+
+    def _fill_slots(self, now: float, *, packet: bool = False) -> None:
+        """Masking frames for the 20 ms slots the caller leaves empty during an event.
+
+        Slots are judged on arrival times, but not while the caller's audio keeps pace with
+        the open event on the caller's own media clock (:meth:`_audio_keeps_pace`; right
+        after an event ``packet``, the audio sent with it may still wait in the socket, so
+        audio from before the event counts): that audio is late, not missing. A late loop
+        that took its slots would drop it, and with it part of an in-band copy of the key,
+        split into two tones (two digits)."""
         if not (self._event_open or self._fed < self._fill_until):
             return
         if self._n_pending_frames >= self._max_pending:
             return
+        if self._event_open:
+            progress = self._receiver.progress()
+            if progress is not None and self._audio_keeps_pace(*progress, inside=not packet):
+                return
         step = self.caller.params.ptime_ms / 1000.0
         n = SAMPLE_RATE * self.caller.params.ptime_ms // 1000
         made = 0
@@ -1295,6 +1357,8 @@ class CallMedia:
             self._slot_time += step
             self.counters.fill_frames += 1
             made += 1
+        if made and self._event_open:
+            self._event_filled = True
         if now - self._slot_time > 4 * step:
             self._slot_time = now - step  # a stalled loop: do not catch up in a burst
 
@@ -1347,19 +1411,37 @@ class CallMedia:
             eng.force_mask(self.stream, pos - eng.lookahead, pos + frame[1])
         except Exception:
             pass
+        else:
+            self._resync(pos)
+
+    def _resync(self, pos: int) -> None:
+        """The engine is at input position ``pos`` after a failed pass: if it did not take
+        the frame, shift the call's timeline (the positions RFC 4733 and INFO reports are
+        mapped onto) by what it missed, so every source stays on the detector's clock."""
+        queued = 0
+        for item in self._pending:
+            if not isinstance(item, int):
+                queued += item[1]
+        lag = self._fed - queued - pos
+        if lag:
+            self._fed -= lag
+            if self._anchor_pos >= 0:
+                self._anchor_pos -= lag
+            self._fill_until -= lag
 
     def _on_engine_event(self, ev: DigitEvent, frame: _Frame, pos_after: int) -> None:
-        # media clock of a sample position: the frame that brought pos_after - 1 arrived at
-        # frame's arrival time
-        arrived = frame[5]
-
-        def at(pos: int) -> float:
-            return arrived * 1000.0 - (pos_after - pos) * 1000.0 / SAMPLE_RATE
-
+        # De-duplicated on the engine's own clock (its input positions), never on arrival
+        # times: under overload one tone's start, seen again at its end through a later
+        # frame's arrival, would land far from where its first report put it.
         if isinstance(ev, DigitStarted):
-            self._offer(ev.digit, "inband", at(ev.start), None)
+            end_ms = None
         elif isinstance(ev, DigitEnded):
-            self._offer(ev.digit, "inband", at(ev.start), at(ev.end))
+            end_ms = ev.end * _MS_PER_SAMPLE
+        else:  # pragma: no cover - the engine reports nothing else
+            return
+        # reported time: the frame that brought pos_after - 1 arrived at frame[5]
+        at = frame[5] - (pos_after - ev.start) / SAMPLE_RATE
+        self._offer(ev.digit, "inband", ev.start * _MS_PER_SAMPLE, end_ms, at=at)
 
     def _offer(
         self,
@@ -1368,14 +1450,21 @@ class CallMedia:
         start_ms: float,
         end_ms: float | None,
         press_id: tuple[int, int] | None = None,
+        *,
+        at: float,
     ) -> None:
+        """One report of a key press to the de-duplicator. ``start_ms``/``end_ms`` are on
+        the call's media clock: the masking engine's input position in ms (RFC 4733 mapped
+        onto it by timestamp, :meth:`_position_of`), which neither a stalled loop nor
+        bunched or stretched arrivals can move. ``at`` (seconds, the adapter's clock) is
+        only what a new digit reports as its start."""
         try:
             new = self._dedup.offer(digit, source, start_ms, end_ms, press_id)
         except ValueError:
             return
         if new:
             self.counters.digits += 1
-            self._events.append(CallDigit(self.call_id, digit, source, start_ms / 1000.0))
+            self._events.append(CallDigit(self.call_id, digit, source, at))
             self.engine._mark_ready(self)
             prov = self._prov
             if self._capture and prov is not None:
@@ -1552,6 +1641,7 @@ class MediaEngine:
         law_in, law_out = codecs
         k = len(calls)
         silence = bytes((_SILENCE_CODE[law_in],)) * n
+        events: list[DigitEvent] = []
         try:
             sids = np.fromiter([c.stream for c in calls], np.int64, k)
             codes = b"".join([silence if f[0] is None else f[0] for f in frames])
@@ -1564,6 +1654,8 @@ class MediaEngine:
             for call, frame in zip(calls, frames, strict=True):
                 call.counters.engine_failures += 1
                 call._engine_failed(frame)
+            if events:  # the detector ran: its reports still count (none lost, none twice)
+                self._digit_events(calls, frames, events)
             return
         self.passes += 1
         self.batched_frames += k
@@ -1595,12 +1687,17 @@ class MediaEngine:
                 d.tx_bytes += n + 12
             pos = end
         if events:
-            by_stream = {c.stream: i for i, c in enumerate(calls)}
-            for ev in events:
-                i = by_stream.get(ev.stream, -1)
-                if i >= 0:
-                    c = calls[i]
-                    c._on_engine_event(ev, frames[i], self.masker.position(c.stream))
+            self._digit_events(calls, frames, events)
+
+    def _digit_events(
+        self, calls: list[CallMedia], frames: list[_Frame], events: list[DigitEvent]
+    ) -> None:
+        by_stream = {c.stream: i for i, c in enumerate(calls)}
+        for ev in events:
+            i = by_stream.get(ev.stream, -1)
+            if i >= 0:
+                c = calls[i]
+                c._on_engine_event(ev, frames[i], self.masker.position(c.stream))
 
     def _provider_pass(self, calls: list[CallMedia], frames: list[_Frame], out: Pcm) -> None:
         """For the calls with a provider leg: send the masked frame on it (before the mix,
