@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -69,19 +69,20 @@ ALL_CARDS = {**CARDS, **SPECIAL}
 DETAILS = SetDetails(Decimal("12.50"), "GBP", BillingDetails("Ada Lovelace", "12 Baker St"))
 
 
-def secrets() -> list[str]:
+def secrets(cards: Mapping[str, tuple[str, str]] = ALL_CARDS) -> list[str]:
     """Everything that would be a leak: any 6-digit window of a PAN, expiries, CVVs, the
     postal code."""
     out = [POSTAL]
-    for pan, (exp, cvv) in ALL_CARDS.items():
+    for pan, (exp, cvv) in cards.items():
         out += [exp, cvv]
         out += [pan[i : i + 6] for i in range(len(pan) - 5)]
     return out
 
 
-def assert_no_leak(*texts: str) -> None:
+def assert_no_leak(*texts: str, cards: Mapping[str, tuple[str, str]] = ALL_CARDS) -> None:
+    """No secret of ``cards`` (by default every test card) in ``texts``."""
     blob = "\n".join(texts)
-    for secret in secrets():
+    for secret in secrets(cards):
         at = blob.find(secret)
         where = blob[max(0, at - 60) : at].replace(secret, "#") if at >= 0 else ""
         assert at < 0, f"card data leaked: {len(secret)} digits found after {where!r}"
