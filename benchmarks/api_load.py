@@ -73,7 +73,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -625,22 +624,9 @@ async def run(args: argparse.Namespace, pin: _Pin) -> dict[str, Any]:
 
         # -- calls up over SIP, bounded (as proxy_load)
         t_setup = loop.time()
-        sem = asyncio.Semaphore(pl.SETUPS_IN_FLIGHT)
-        failures: Counter[str] = Counter()
-
-        async def one(i: int) -> None:
-            async with sem:
-                r = await uac.call(i, phones.caller_rtp_port(i), timeout=10.0)  # type: ignore[union-attr]
-            if r > 0 and i in uas.agent_port:
-                phones.relay_c[i] = r
-                phones.relay_a[i] = uas.agent_port[i]
-                phones.up[i] = True
-            else:
-                failures[str(-r)] += 1
-
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60 + 0.1 * n)
+        failures = await pl.set_up_calls(uac, uas, phones, n)
         out["setup_s"] = round(loop.time() - t_setup, 3)
-        out["setup_failures"] = dict(failures)
+        out["setup_failures"] = failures
         out["calls_up"] = sum(phones.up)
         phones.start()
         out.update(await phones.prime())
@@ -729,25 +715,9 @@ async def run(args: argparse.Namespace, pin: _Pin) -> dict[str, Any]:
         stdin.close()
 
         # -- hang up; the node must hold no call after
-        uas.bye_target = len(live)
-        sem2 = asyncio.Semaphore(pl.SETUPS_IN_FLIGHT)
-
-        async def bye(i: int) -> bool:
-            async with sem2:
-                return await uac.hangup(i, timeout=5.0)  # type: ignore[union-attr]
-
-        oks = await asyncio.wait_for(asyncio.gather(*(bye(i) for i in live)), 30 + 0.05 * n)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(uas.bye_event.wait(), 5.0)
-        calls_left = -1
-        for _ in range(30):
-            final = await pl._scrape(api_port)
-            calls_left = int(final.get("dtmfmask_calls", -1))
-            if calls_left == 0:
-                break
-            await asyncio.sleep(0.1)
+        bye_ok, calls_left = await pl.hang_up_calls(uac, uas, live, n, api_port, polls=30)
         out.update(
-            bye_ok=sum(oks), pbx_saw_bye=len(uas.byes), calls_after_bye=calls_left,
+            bye_ok=bye_ok, pbx_saw_bye=len(uas.byes), calls_after_bye=calls_left,
             sip_errors=uac.errors + uas.errors,
         )  # fmt: skip
         return out
@@ -976,15 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--port-min too high for that many calls")
     args.no_bare = True
 
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 8 * args.calls + 2 * args.lp_conns + 2 * args.short_conns + 2048
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = _Pin(cpus[0], cpus[1]) if len(cpus) >= 2 else _Pin(None, None)
-    if pin.load_cpu is not None:
-        os.sched_setaffinity(0, {pin.load_cpu})
+    pl.raise_open_files(8 * args.calls + 2 * args.lp_conns + 2 * args.short_conns + 2048)
+    pin = pl.pin_load(_Pin)
 
     loop, kind = pl._new_loop()
     out: dict[str, Any] = {

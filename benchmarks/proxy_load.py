@@ -82,7 +82,7 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from struct import pack_into  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -853,6 +853,72 @@ async def _measure(
     return res
 
 
+_P = TypeVar("_P", bound=Pinning)
+
+
+def raise_open_files(want: int) -> None:
+    """The soft limit on open files raised towards ``want`` (up to the hard limit)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
+def pin_load(kind: type[_P]) -> _P:
+    """The relay on the first CPU this process may use and the load (this process) on the
+    second; no pinning with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = kind(cpus[0], cpus[1]) if len(cpus) >= 2 else kind(None, None)
+    if pin.load_cpu is not None:
+        os.sched_setaffinity(0, {pin.load_cpu})
+    return pin
+
+
+async def set_up_calls(uac: Uac, uas: Uas, phones: Phones, n: int) -> dict[str, int]:
+    """Calls 0..n-1 up over SIP, :data:`SETUPS_IN_FLIGHT` at a time (``phones.up`` marks
+    those up); the failures by SIP status."""
+    sem = asyncio.Semaphore(SETUPS_IN_FLIGHT)
+    failures: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        async with sem:
+            r = await uac.call(i, phones.caller_rtp_port(i), timeout=10.0)
+        if r > 0 and i in uas.agent_port:
+            phones.relay_c[i] = r
+            phones.relay_a[i] = uas.agent_port[i]
+            phones.up[i] = True
+        else:
+            failures[str(-r)] = failures.get(str(-r), 0) + 1
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60 + 0.1 * n)
+    return failures
+
+
+async def hang_up_calls(
+    uac: Uac, uas: Uas, live: list[int], n: int, metrics_port: int, polls: int
+) -> tuple[int, int]:
+    """BYE on the ``live`` calls, :data:`SETUPS_IN_FLIGHT` at a time, then up to ``polls``
+    scrapes of /metrics until the proxy holds no call: (BYEs answered, calls left or -1)."""
+    uas.bye_target = len(live)
+    sem = asyncio.Semaphore(SETUPS_IN_FLIGHT)
+
+    async def bye(i: int) -> bool:
+        async with sem:
+            return await uac.hangup(i, timeout=5.0)
+
+    oks = await asyncio.wait_for(asyncio.gather(*(bye(i) for i in live)), 30 + 0.05 * n)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(uas.bye_event.wait(), 5.0)
+    calls_left = -1
+    for _ in range(polls):
+        final = await _scrape(metrics_port)
+        calls_left = int(final.get("dtmfmask_calls", -1))
+        if calls_left == 0:
+            break
+        await asyncio.sleep(0.1)
+    return sum(oks), calls_left
+
+
 async def run_proxy(n: int, args: argparse.Namespace, pin: Pinning) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     run_id = f"{os.getpid()}x{n}"
@@ -895,20 +961,7 @@ async def run_proxy(n: int, args: argparse.Namespace, pin: Pinning) -> dict[str,
 
         # -- setup over SIP, bounded
         t_setup = loop.time()
-        sem = asyncio.Semaphore(SETUPS_IN_FLIGHT)
-        failures: dict[str, int] = {}
-
-        async def one(i: int) -> None:
-            async with sem:
-                r = await uac.call(i, phones.caller_rtp_port(i), timeout=10.0)  # type: ignore[union-attr]
-            if r > 0 and i in uas.agent_port:
-                phones.relay_c[i] = r
-                phones.relay_a[i] = uas.agent_port[i]
-                phones.up[i] = True
-            else:
-                failures[str(-r)] = failures.get(str(-r), 0) + 1
-
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60 + 0.1 * n)
+        failures = await set_up_calls(uac, uas, phones, n)
         setup_s = loop.time() - t_setup
         up = sum(phones.up)
         phones.start()
@@ -922,26 +975,10 @@ async def run_proxy(n: int, args: argparse.Namespace, pin: Pinning) -> dict[str,
         res["dtmf_calls"] = sum(1 for i in live if args.dtmf_every and i % args.dtmf_every == 0)
 
         # -- teardown over SIP, bounded
-        uas.bye_target = len(live)
-        sem2 = asyncio.Semaphore(SETUPS_IN_FLIGHT)
-
-        async def bye(i: int) -> bool:
-            async with sem2:
-                return await uac.hangup(i, timeout=5.0)  # type: ignore[union-attr]
-
-        oks = await asyncio.wait_for(asyncio.gather(*(bye(i) for i in live)), 30 + 0.05 * n)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(uas.bye_event.wait(), 5.0)
-        calls_left = -1
-        for _ in range(20):
-            final = await _scrape(mport)
-            calls_left = int(final.get("dtmfmask_calls", -1))
-            if calls_left == 0:
-                break
-            await asyncio.sleep(0.1)
+        bye_ok, calls_left = await hang_up_calls(uac, uas, live, n, mport, polls=20)
         res.update(
             calls=n, calls_up=up, setup_s=round(setup_s, 3), setup_failures=failures, **prime,
-            bye_ok=sum(oks), pbx_saw_bye=len(uas.byes), calls_after_bye=calls_left,
+            bye_ok=bye_ok, pbx_saw_bye=len(uas.byes), calls_after_bye=calls_left,
             sip_errors=uac.errors + uas.errors,
         )  # fmt: skip
         return res
@@ -1110,15 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--port-min too high for that many calls")
 
     # sockets: the proxy takes 4 per call, the load 2 per 16 calls
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 8 * max(calls) + 1024
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = Pinning(cpus[0], cpus[1]) if len(cpus) >= 2 else Pinning(None, None)
-    if pin.load_cpu is not None:
-        os.sched_setaffinity(0, {pin.load_cpu})
+    raise_open_files(8 * max(calls) + 1024)
+    pin = pin_load(Pinning)
 
     loop, kind = _new_loop()
     out: dict[str, Any] = {
