@@ -122,6 +122,18 @@ class Agent:
         assert 200 <= status < 300, (method, path, status, data)
         return data
 
+    async def start_payment(self, call_id: str, profile: str = "card") -> dict[str, Any]:
+        """``POST /v1/calls/{call_id}/payments`` (an Idempotency-Key per call and profile);
+        the new session's view (201)."""
+        status, view, _ = await self.call(
+            "POST",
+            f"/v1/calls/{call_id}/payments",
+            {"profile": profile},
+            headers={"Idempotency-Key": f"k-{call_id}-{profile}"},
+        )
+        assert status == 201, (status, view)
+        return dict(view)
+
     async def poll_until(
         self, payment_id: str, predicate: Any, timeout: float = 20.0
     ) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -44,20 +43,9 @@ def secrets_in(text: str) -> list[str]:
     return found
 
 
-async def start_payment(agent: Agent, call_id: str, profile: str = "card") -> dict[str, Any]:
-    status, view, _ = await agent.call(
-        "POST",
-        f"/v1/calls/{call_id}/payments",
-        {"profile": profile},
-        headers={"Idempotency-Key": f"k-{call_id}-{profile}"},
-    )
-    assert status == 201, (status, view)
-    return view
-
-
 async def to_capture(rig: PayRig, agent: Agent, call_id: str) -> str:
     """Create the session, wait for the provider and the hold, enter details, capture."""
-    view = await start_payment(agent, call_id)
+    view = await agent.start_payment(call_id)
     pid = view["id"]
     view = await agent.poll_until(pid, lambda v: v["state"] == "awaiting_details")
     assert view["caller_held"] is True and view["provider_leg"] == "joined"

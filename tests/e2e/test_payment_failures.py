@@ -70,13 +70,7 @@ def rig_for(tmp: Path, **kw: Any) -> PayRig:
 
 
 async def create(agent: Agent, call_id: str, profile: str = "card") -> str:
-    status, view, _ = await agent.call(
-        "POST",
-        f"/v1/calls/{call_id}/payments",
-        {"profile": profile},
-        headers={"Idempotency-Key": f"k-{call_id}-{profile}"},
-    )
-    assert status == 201, (status, view)
+    view = await agent.start_payment(call_id, profile)
     assert view["caller_held"] is True and view["provider_leg"] == "joining", view
     return str(view["id"])
 
