@@ -906,6 +906,23 @@ class SandboxUA:
             if old.retransmit is not None:
                 old.retransmit.cancel()
 
+    def _take_offer(
+        self, tx: _InviteTx, body: bytes, refusal: Sequence[tuple[str, str]] = ()
+    ) -> tuple[SessionDescription, _MediaChoice] | None:
+        """The SDP offer in an INVITE's ``body`` and the media we take from it; else the
+        final response sent (400 bad SDP; 488 with the ``refusal`` headers: no codec of
+        ours) and ``None``."""
+        try:
+            offer = parse_sdp(body)
+        except SdpError:
+            self._final(tx, 400, reason="Bad SDP")
+            return None
+        choice = _choose_media(offer)
+        if choice is None:
+            self._final(tx, 488, headers=refusal)
+            return None
+        return offer, choice
+
     def _final(
         self,
         tx: _InviteTx,
@@ -952,15 +969,10 @@ class SandboxUA:
             if ctype != "application/sdp":
                 self._final(tx, 415, headers=[("Accept", "application/sdp")])
                 return
-            try:
-                offer = parse_sdp(req.body)
-            except SdpError:
-                self._final(tx, 400, reason="Bad SDP")
+            taken = self._take_offer(tx, req.body, [("Warning", '304 sandbox "PCMU or PCMA only"')])
+            if taken is None:
                 return
-            choice = _choose_media(offer)
-            if choice is None:
-                self._final(tx, 488, headers=[("Warning", '304 sandbox "PCMU or PCMA only"')])
-                return
+            offer, choice = taken
         dialog = SandboxDialog(req.call_id, behaviour, user, req, addr, secrets.token_hex(8))
         dialog._invite_tx = tx
         tx.dialog = dialog
@@ -1146,15 +1158,10 @@ class SandboxUA:
             dialog._offer_pending = True
             media = _offer_media(port)
         else:
-            try:
-                offer = parse_sdp(req.body)
-            except SdpError:
-                self._final(tx, 400, reason="Bad SDP")
+            taken = self._take_offer(tx, req.body)
+            if taken is None:
                 return
-            choice = _choose_media(offer)
-            if choice is None:
-                self._final(tx, 488)
-                return
+            offer, choice = taken
             if dialog.codec is not None:
                 # Keep the codec we have when the new offer still has it.
                 m = offer.media[choice.index]
