@@ -438,6 +438,17 @@ class B2BUA:
     def _sends(events: Iterable[Event]) -> list[SendMessage]:
         return [e for e in events if isinstance(e, SendMessage)]
 
+    def _refuse_in_dialog(
+        self, dialog: Dialog, request: SipRequest, key: TransactionKey, now: float
+    ) -> list[Event] | None:
+        """The refusal sent for an in-dialog request that ``dialog`` does not take (481 not
+        this dialog's, 500 CSeq out of order); ``None`` when it takes it."""
+        try:
+            refused = dialog.receive_request(request)
+        except DialogError:
+            refused = build_response(request, 481)
+        return None if refused is None else self.layer.send_response(key, refused, now)
+
     def _respond(
         self,
         key: TransactionKey,
@@ -626,12 +637,9 @@ class B2BUA:
         dialog = call.a_dialog if side == "caller" else call.b_dialog
         if dialog is None or call.state == "ended":
             return self._respond(key, request, 481, now)
-        try:
-            refused = dialog.receive_request(request)
-        except DialogError:
-            refused = build_response(request, 481)
-        if refused is not None:
-            return self.layer.send_response(key, refused, now)
+        refusal = self._refuse_in_dialog(dialog, request, key, now)
+        if refusal is not None:
+            return refusal
         method = request.method
         if method == "BYE":
             out = self._respond(key, request, 200, now)
@@ -1302,12 +1310,9 @@ class B2BUA:
         dialog = leg.dialog
         if dialog is None or not request.to.tag:
             return self._respond(key, request, 481, now)
-        try:
-            refused = dialog.receive_request(request)
-        except DialogError:
-            refused = build_response(request, 481)
-        if refused is not None:
-            return self.layer.send_response(key, refused, now)
+        refusal = self._refuse_in_dialog(dialog, request, key, now)
+        if refusal is not None:
+            return refusal
         method = request.method
         tag = dialog.local_tag
         if method == "BYE":
