@@ -204,8 +204,10 @@ class Datagram:
 @dataclass(frozen=True, slots=True)
 class CallDigit:
     """A key press, counted once whatever transports carried it. ``at`` is its start
-    (seconds, the media clock). The digit is kept out of the repr so it cannot reach a log
-    through one (DESIGN.md invariant 3)."""
+    (seconds, on the adapter's clock: estimated from the arrival of the packets that
+    reported it, so under load it is only as good as they were on time; the counting
+    itself runs on the media clock). The digit is kept out of the repr so it cannot reach a
+    log through one (DESIGN.md invariant 3)."""
 
     call_id: str
     digit: str = field(repr=False)
