@@ -26,8 +26,7 @@ from sipproxy.sdp import parse_sdp
 from sipproxy.sipmessage import SipRequest, SipResponse, build_response, parse_message
 from tests.e2e.baresip import (
     BaresipUA,
-    BaresipUnavailable,
-    baresip_path,
+    baresip_or_skip,
     claim_port_block,
     release_port_block,
 )
@@ -53,12 +52,7 @@ async def eventually(check: Any, timeout: float = 3.0) -> None:
 
 
 def test_baresip_dials_sends_rfc2833_digits_and_hangs_up(tmp_path: Path) -> None:
-    try:
-        baresip_path()
-    except BaresipUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    baresip_or_skip()
 
     async def scenario() -> None:
         async with (

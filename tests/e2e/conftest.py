@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.e2e.baresip import BaresipUnavailable, baresip_path
+from tests.e2e.baresip import baresip_or_skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,9 +17,4 @@ def pytest_configure(config: pytest.Config) -> None:
 def baresip_exe() -> str:
     """The baresip binary. Skips when it is missing, except under CI (env CI set), which
     installs baresip-core: there its absence is a failure."""
-    try:
-        return baresip_path()
-    except BaresipUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    return baresip_or_skip()
