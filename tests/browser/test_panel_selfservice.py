@@ -203,7 +203,8 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, str]]:
         await runner.cleanup()
 
 
-async def start_link(b: Browser, base: str) -> None:
+async def choose_link(b: Browser, base: str) -> None:
+    """Sign in to the panel and choose the self-service profile."""
     await b.get(f"{base}/panel")
     await b.wait("the sign-in form", lambda: b.visible("token"))
     await b.type("token", TOKEN)
@@ -211,6 +212,10 @@ async def start_link(b: Browser, base: str) -> None:
     await b.wait_text("call-payee", lambda t: t == CALLER)
     await b.select("profile-select", "link")
     await b.wait("the self-service box", lambda: b.visible("send-link-button"))
+
+
+async def start_link(b: Browser, base: str) -> None:
+    await choose_link(b, base)
     assert not await b.visible("proceed-button")
     assert await b.js("return document.getElementById('phone').value") == CALLER
     await b.click("send-link-button")
@@ -291,13 +296,7 @@ async def test_a_node_without_self_service_is_said_plainly(browser: Browser) -> 
     b = browser
     async with stand_in() as (api, base):
         api.refuse = "invalid_body"
-        await b.get(f"{base}/panel")
-        await b.wait("the sign-in form", lambda: b.visible("token"))
-        await b.type("token", TOKEN)
-        await b.click("signin-button")
-        await b.wait_text("call-payee", lambda t: t == CALLER)
-        await b.select("profile-select", "link")
-        await b.wait("the self-service box", lambda: b.visible("send-link-button"))
+        await choose_link(b, base)
         await b.click("send-link-button")
         error = await b.wait_text("error", bool)
         assert "not available on this node" in error and "(422 invalid_body)" in error, error
