@@ -10,10 +10,13 @@ Matching rules, in order:
    re-offer (its start within ``window_ms`` of that source's start, e.g. offered again once
    the end is known) or when it starts less than ``gap_ms`` after that source's end. Q.24
    puts real gaps at 40 ms or more; the default of 20 ms leaves room for each source's
-   timing error, so a real 40 ms gap always makes two digits. A source that names its
-   presses (``press_id``: RFC 4733's SSRC and timestamp, RFC 4733 §2.5.2) is matched by
-   name instead, never by time: its reports carry arrival times, and jitter or a stalled
-   loop can bring the next press of the same key within ``gap_ms`` of the last one.
+   timing error, so a real 40 ms gap always makes two digits. It is the same press too
+   when that source's report ended but another media source's report of the press says
+   the key was still down at the new start (a break in an in-band copy, from frames lost
+   or masked, is not a new press). A source that names its presses (``press_id``: RFC
+   4733's SSRC and timestamp, RFC 4733 §2.5.2) is matched by name instead, never by time:
+   its reports carry arrival times, and jitter or a stalled loop can bring the next press
+   of the same key within ``gap_ms`` of the last one.
 2. Otherwise it is the same press as a counted press of the same digit that this source has
    not reported yet and that it overlaps, or starts within ``window_ms`` of. While either
    end is unknown, starting within the other's span is overlapping: within the press until
@@ -119,7 +122,12 @@ class DigitDeduplicator:
 
         for press in reversed(same):
             own = press.reports.get(source)
-            if own is not None and self._same_source(own, start_ms, press_id):
+            if own is not None and (
+                self._same_source(own, start_ms, press_id)
+                or (
+                    press_id is None and own.end is not None and self._held(press, source, start_ms)
+                )
+            ):
                 if end_ms is not None:
                     own.end = end_ms if own.end is None else max(own.end, end_ms)
                 return False
@@ -138,6 +146,20 @@ class DigitDeduplicator:
         if abs(start - own.start) <= self.window_ms:
             return True
         return own.end is not None and own.start <= start < own.end + self.gap_ms
+
+    def _held(self, press: _Press, source: str, start: float) -> bool:
+        """Another media source's report of ``press`` says the key was still down at
+        ``start`` (within its span, or up to ``open_ms`` after its start while open): a
+        source whose tone ended and starts again meanwhile lost part of the tone (frames
+        lost or masked in the middle of an in-band copy); it did not hear a new press."""
+        if source == "info":
+            return False
+        for other, r in press.reports.items():
+            if other in (source, "info"):
+                continue
+            if r.start <= start < (r.start + self.open_ms if r.end is None else r.end):
+                return True
+        return False
 
     def _cross_source(
         self, same: list[_Press], source: str, start: float, end: float | None

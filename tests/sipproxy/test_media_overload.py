@@ -326,3 +326,30 @@ def test_stall_between_the_event_and_its_audio_counts_once(key: int, stall: floa
     node.open()
     node.run(schedule)
     assert len(node.digits) == 1, [d.source for d in node.digits]
+
+
+@pytest.mark.parametrize(
+    ("lost", "at", "stall", "batch"),
+    [
+        ({9, 10, 14, 15, 18}, 18, 0.05, 4),
+        ({14}, 0, 0.0, 1),
+        ({13, 14}, 0, 0.0, 1),
+        ({12, 15}, 14, 0.1, 4),
+    ],
+)
+def test_audio_lost_inside_an_rfc4733_press_counts_once(
+    lost: set[int], at: int, stall: float, batch: int
+) -> None:
+    """Audio frames lost in the middle of the key (the RFC 4733 packets get through): the
+    in-band copy may break in two tones (spliced, or 20 ms apart where the timer filled a
+    slot with masking). A second tone that starts while the RFC 4733 press holds the key
+    is the same press."""
+    sent = [
+        (t, p)
+        for t, p in _both_sent(_key_audio(key=8), 10, 8 * FRAME)
+        if p[1] & 0x7F == 101 or round(t / 0.02) not in lost
+    ]
+    node = Node()
+    node.open()
+    node.run(stalled(sent, at, stall) if stall else stretched(sent, 1.0), batch=batch)
+    assert len(node.digits) == 1, [d.source for d in node.digits]
