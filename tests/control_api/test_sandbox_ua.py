@@ -303,8 +303,14 @@ def test_answer_retransmitted_invite_ack_media_digits_and_bye() -> None:
         run(scenario())
     (ended,) = [e for e in logs if e["event"] == "sandbox call ended"]
     assert ended["key_presses"] == 3 and ended["by"] == "remote"
-    # A count only: no digit value in any log line (call ids hold the pid: left out).
-    values = [str(v) for e in logs for k, v in e.items() if k not in ("call_id", "key_presses")]
+    # A count only: no digit value in any log line. Call ids hold the pid, and ports and
+    # addresses are random numbers that may hold "57": left out.
+    values = [
+        str(v)
+        for e in logs
+        for k, v in e.items()
+        if k not in ("call_id", "key_presses") and "port" not in k and not isinstance(v, tuple)
+    ]
     assert not [v for v in values if "57" in v or v in ("3", "5", "7")]
 
 
