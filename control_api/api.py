@@ -47,6 +47,8 @@ No card data passes through here: request bodies carry amounts and billing detai
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -67,6 +69,9 @@ __all__ = ["SERVICE", "make_app", "serve"]
 log = structlog.get_logger("control_api.api")
 
 SERVICE: Final = web.AppKey("payment_service", PaymentService)
+# account -> (service generation, expiry on the loop clock, body, ETag) of GET /v1/calls
+CALLS_CACHE: Final = web.AppKey("calls_cache", dict[str, tuple[int, float, bytes, str]])
+CALLS_TTL_S: Final = 1.0
 MAX_BODY: Final = 64 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 _BILLING_KEYS: Final = ("name", "address", "postal_code", "country")
@@ -205,8 +210,24 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def list_calls(request: web.Request) -> web.Response:
+    """Every agent UI polls this, and a listing of a few hundred calls costs milliseconds:
+    the body is kept per account until anything that shows in it may have changed (the
+    service's ``calls_generation``) or ``CALLS_TTL_S`` passes (a new call ringing moves no
+    generation), and an unchanged listing is a 304 to ``If-None-Match``."""
     grant = _grant(request)
-    return _json({"calls": _service(request).list_calls(grant)})
+    service = _service(request)
+    cache = request.app[CALLS_CACHE]
+    now = asyncio.get_running_loop().time()
+    hit = cache.get(grant.account)
+    if hit is None or hit[0] != service.calls_generation or hit[1] <= now:
+        body = json.dumps({"calls": service.list_calls(grant)}).encode()
+        etag = '"calls-' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+        hit = cache[grant.account] = (service.calls_generation, now + CALLS_TTL_S, body, etag)
+    headers = {**_NO_STORE, "ETag": hit[3]}
+    tags = _etags(request.headers.get("If-None-Match")) or set()
+    if hit[3] in tags or "*" in tags:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=hit[2], content_type="application/json", headers=headers)
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -410,6 +431,7 @@ def make_app(service: PaymentService, config: PaymentsConfig | None = None) -> w
         service.reload(config)
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE] = service
+    app[CALLS_CACHE] = {}
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

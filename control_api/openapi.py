@@ -373,7 +373,17 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/openapi.json": {
         "get": _op("This document", {"200": {"description": "OpenAPI 3.1"}}, public=True)
     },
-    "/v1/calls": {"get": _op("The account's calls in progress", _ok("CallList"))},
+    "/v1/calls": {
+        "get": _op(
+            "The account's calls in progress",
+            {
+                **_ok("CallList", etag=True),
+                "304": {"description": "unchanged (If-None-Match)", "headers": dict(_ETAG)},
+            },
+            description="With the ETag of the last answer in If-None-Match, an unchanged "
+            "list is a 304. The list may lag a new ringing call by up to a second.",
+        )
+    },
     "/v1/calls/{call_id}": {
         "get": _op("One call", _ok("Call"), 403, 404, params=[_CALL_ID]),
     },

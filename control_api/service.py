@@ -214,6 +214,9 @@ class PaymentService:
     ) -> None:
         self._config = config
         self._accounts_by_number: tuple[PaymentsConfig, dict[str, str | None]] = (config, {})
+        # moves whenever a call or a session may look different in GET /v1/calls (call
+        # events, session inputs, reloads): the API caches the listing per generation
+        self.calls_generation = 0
         self._calls = calls
         self.storage = storage
         self._factory = connector_factory
@@ -323,6 +326,7 @@ class PaymentService:
         connectors = self._make_connectors(config)
         old = self._config
         self._config = config
+        self.calls_generation += 1
         self._connectors = connectors
         self.webhooks.configure(config.accounts)
         if self._own_links and (
@@ -893,6 +897,7 @@ class PaymentService:
     def _feed(self, live: _Live, event: Input, actor: Actor) -> list[Output]:
         """One input into one session, its outputs executed, then queued events handled.
         Returns the outputs."""
+        self.calls_generation += 1
         was_busy, self._busy = self._busy, True
         try:
             outputs = live.session.handle(event, live.clock())
@@ -1153,6 +1158,7 @@ class PaymentService:
     # -- call-control events
 
     def _on_event(self, event: CallControlEvent) -> None:
+        self.calls_generation += 1
         self._queue.append(event)
         if len(self._queue) > 10_000:  # bounded: a runaway producer loses old events
             self._queue.popleft()

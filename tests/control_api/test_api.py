@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from control_api import service as service_module
 from control_api.api import _HTTP_CODES as API_HTTP_CODES
-from control_api.api import make_app, serve
+from control_api.api import CALLS_TTL_S, make_app, serve
 from control_api.openapi import API_ERROR_CODES, openapi_document
 from control_api.profiles import hash_token, load_payments
 from control_api.sandbox import TIMEOUT_CARD
@@ -493,3 +493,24 @@ async def test_serve_binds_the_configured_address() -> None:
     finally:
         await runner.cleanup()
         await h.service.stop()
+
+
+async def test_call_list_etag_304_and_fresh_after_a_change(api: Api) -> None:
+    """The call list carries an ETag (an unchanged list is a 304) and is kept per account
+    until anything that shows in it may have changed: a hold is seen at once."""
+    status, doc, resp = await api.get("/v1/calls")
+    assert status == 200 and [c["held"] for c in doc["calls"]] == [False]
+    etag = resp.headers["ETag"]
+    status, _, resp = await api.get("/v1/calls", headers={"If-None-Match": etag})
+    assert status == 304 and resp.headers["ETag"] == etag
+    assert resp.headers["Cache-Control"] == "no-store"
+    status, _, _ = await api.post("/v1/calls/call-a/hold")
+    assert status == 200
+    status, doc, resp = await api.get("/v1/calls", headers={"If-None-Match": etag})
+    assert status == 200 and [c["held"] for c in doc["calls"]] == [True]
+    assert resp.headers["ETag"] != etag
+    # a call that comes in ringing moves nothing the service hears: seen within the TTL
+    api.h.calls.add_call("call-b", called=ACME_NUMBER)
+    await asyncio.sleep(CALLS_TTL_S + 0.05)
+    status, doc, _ = await api.get("/v1/calls")
+    assert [c["id"] for c in doc["calls"]] == ["call-a", "call-b"]
