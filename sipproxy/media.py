@@ -61,6 +61,7 @@ from .holdaudio import HoldAudio
 from .rtp import (
     RtcpError,
     RtpError,
+    RtpView,
     StreamRewriter,
     build_rtp,
     is_rtcp,
@@ -907,23 +908,11 @@ class CallMedia:
             self._receive_rtcp(src, data, addr, now, muxed=not rtcp_port)
             return
         c = src.counters
-        try:
-            pt, seq, ts, ssrc, marker, start, stop = peek_rtp(data)
-        except RtpError as exc:
-            setattr(c, exc.reason, getattr(c, exc.reason) + 1)
+        fields = self._accept_rtp(src, data, addr, now)
+        if fields is None:
             return
+        pt, seq, ts, ssrc, marker, start, stop = fields
         is_audio = pt == src.audio_pt
-        if not is_audio and pt != src.event_pt:
-            c.unknown_pt += 1
-            return
-        if stop <= start:
-            c.short += 1
-            return
-        if not src.rtp.accept(addr, now, c):
-            return
-        c.rx_packets += 1
-        c.rx_bytes += len(data)
-        src.in_ssrc = ssrc
         if src is self.agent:
             self._relay_to_caller(data, pt, seq, ts, ssrc, marker, start, stop, is_audio, now)
         elif is_audio:
@@ -942,6 +931,30 @@ class CallMedia:
             ):
                 self._on_rtp_event(ev, ssrc)
             self._fill_slots(now, packet=True)
+
+    @staticmethod
+    def _accept_rtp(src: _Leg, data: bytes, addr: Any, now: float) -> RtpView | None:
+        """An RTP packet from ``src``'s peer, parsed and checked (a payload type the leg
+        agreed, a payload, the latched source), counted in; None: dropped and counted."""
+        c = src.counters
+        try:
+            fields = peek_rtp(data)
+        except RtpError as exc:
+            setattr(c, exc.reason, getattr(c, exc.reason) + 1)
+            return None
+        pt, _seq, _ts, ssrc, _marker, start, stop = fields
+        if pt != src.audio_pt and pt != src.event_pt:
+            c.unknown_pt += 1
+            return None
+        if stop <= start:
+            c.short += 1
+            return None
+        if not src.rtp.accept(addr, now, c):
+            return None
+        c.rx_packets += 1
+        c.rx_bytes += len(data)
+        src.in_ssrc = ssrc
+        return fields
 
     def on_sip_info(self, digit: str, duration_ms: float, now: float) -> None:
         """A key press reported by SIP INFO (the B2BUA parsed it; it goes nowhere else).
@@ -1010,24 +1023,11 @@ class CallMedia:
                 leg.rtcp_mux = leg.rtcp_mux or not rtcp_port
                 c.rtcp_rx += 1
             return
-        try:
-            pt, _seq, _ts, ssrc, _marker, start, stop = peek_rtp(data)
-        except RtpError as exc:
-            setattr(c, exc.reason, getattr(c, exc.reason) + 1)
+        fields = self._accept_rtp(leg, data, addr, now)
+        if fields is None:
             return
-        is_audio = pt == leg.audio_pt
-        if not is_audio and pt != leg.event_pt:
-            c.unknown_pt += 1
-            return
-        if stop <= start:
-            c.short += 1
-            return
-        if not leg.rtp.accept(addr, now, c):
-            return
-        c.rx_packets += 1
-        c.rx_bytes += len(data)
-        leg.in_ssrc = ssrc
-        if not is_audio:
+        pt, _seq, _ts, _ssrc, _marker, start, stop = fields
+        if pt != leg.audio_pt:
             c.events_rx += 1
             self.counters.provider_events_dropped += 1
             return
