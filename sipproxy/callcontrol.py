@@ -248,8 +248,9 @@ class ProxyCallControl:
         if st is None or st.provider == "none":
             return
         st.provider = "none"
+        # the B2BUA's release tells the media plane (RelayMedia.provider_media(None)), which
+        # detaches the leg and frees its ports
         self.server.dispatch(self.server.b2bua.release_provider(call_id, self.server.now()))
-        self._drop_provider_media(call_id)
 
     def hold(self, call_id: str) -> None:
         call = self._find(call_id)
@@ -300,12 +301,6 @@ class ProxyCallControl:
             except Exception as exc:  # one subscriber's bug must not stop the others
                 log.error("call event handler failed", error=type(exc).__name__)
 
-    def _drop_provider_media(self, call_id: str) -> None:
-        handle = self.server.relay.calls.get(call_id)
-        if handle is not None:
-            handle.media.detach_provider()
-        self.server.relay.close_provider(call_id)
-
     def _on_call_event(self, event: B2BCallEvent) -> None:
         call_id = event.call_id
         if isinstance(event, CallAnswered):
@@ -317,7 +312,6 @@ class ProxyCallControl:
                 self._emit(CallUp(call_id, info))
         elif isinstance(event, CallEnded):
             gone = self._state.pop(call_id, None)
-            self.server.relay.close_provider(call_id)
             if gone is not None and gone.announced:
                 self._emit(CallGone(call_id, event.by))
         elif isinstance(event, ProviderLegAnswered):
@@ -326,20 +320,16 @@ class ProxyCallControl:
                 return
             st.provider = "joined"
             self._emit(ProviderJoined(call_id))
-        elif isinstance(event, ProviderLegFailed):
+        elif isinstance(event, ProviderLegFailed | ProviderLegEnded):
+            # the leg's media is already gone: the B2BUA told the media plane first
             st = self._state.get(call_id)
             if st is None or st.provider == "none":
                 return
             st.provider = "none"
-            self._drop_provider_media(call_id)
-            self._emit(ProviderFailed(call_id, event.reason, event.status))
-        elif isinstance(event, ProviderLegEnded):
-            st = self._state.get(call_id)
-            if st is None or st.provider == "none":
-                return
-            st.provider = "none"
-            self._drop_provider_media(call_id)
-            self._emit(ProviderLeft(call_id))
+            if isinstance(event, ProviderLegFailed):
+                self._emit(ProviderFailed(call_id, event.reason, event.status))
+            else:
+                self._emit(ProviderLeft(call_id))
 
     def _on_digit(self, digit: CallDigit) -> None:
         st = self._state.get(digit.call_id)

@@ -100,6 +100,10 @@ async def test_guided_payment_rfc2833(tmp_path: Path, logs: LogCapture) -> None:
         # the provider leg is hung up, the call goes on
         (call,) = (await agent.ok("GET", "/v1/calls"))["calls"]
         assert call["held"] is False and call["provider_leg"] == "none"
+        # ...and its media with it: detached from the call, its port pair free again
+        assert rig.node is not None
+        endpoints = rig.node.proxy.relay.calls[call_id]
+        assert endpoints.provider_port == 0 and endpoints.media.provider is None
         await rig.caller.hangup()
         assert rig.agent_ua is not None
         heard = await rig.agent_ua.recording()
