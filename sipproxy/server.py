@@ -299,7 +299,7 @@ class SipServer:
             self.counters.internal_errors += 1
             log.error("sip message failed", error=type(exc).__name__, source=addr)
             return
-        self._dispatch(sends)
+        self.dispatch(sends)
 
     def _bad_message(
         self, data: bytes, exc: SipParseError, addr: Address, peer: _TcpPeer | None
@@ -380,8 +380,6 @@ class SipServer:
                 self.on_call_event(event)
         self._arm_timer()
 
-    _dispatch = dispatch
-
     def _send(self, send: SendMessage) -> None:
         if send.destination is None:
             return
@@ -414,7 +412,7 @@ class SipServer:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_due = None
-        self._dispatch(self.b2bua.timer(self.now()))
+        self.dispatch(self.b2bua.timer(self.now()))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -429,10 +427,10 @@ class SipServer:
             )
         except (PortsExhausted, OSError) as exc:
             log.warning("no media for call", call=request.call_id, error=type(exc).__name__)
-            self._dispatch(self.b2bua.media_failed(request.call_id, self.now()))
+            self.dispatch(self.b2bua.media_failed(request.call_id, self.now()))
             return
         ports = (handle.caller_port, handle.agent_port)
-        self._dispatch(self.b2bua.media_ready(request.call_id, ports, self.now()))
+        self.dispatch(self.b2bua.media_ready(request.call_id, ports, self.now()))
 
     # -- media events --------------------------------------------------------------------------
     def _media_event(self, event: MediaEvent) -> None:
@@ -447,7 +445,7 @@ class SipServer:
             # is for answered calls
             if call is not None and call.state == "up":
                 log.info("no media: hanging up", call=call.id, idle_s=round(event.idle_s, 1))
-                self._dispatch(self.b2bua.hangup(call, self.now(), "media timeout"))
+                self.dispatch(self.b2bua.hangup(call, self.now(), "media timeout"))
 
     # -- drain ---------------------------------------------------------------------------------
     async def drain(self, grace_s: float, clock: Callable[[], float] | None = None) -> None:
@@ -458,7 +456,7 @@ class SipServer:
         while self.b2bua.calls and loop.time() < end:
             await asyncio.sleep(0.1)
         for call in list(self.b2bua.calls):
-            self._dispatch(self.b2bua.hangup(call, self.now(), "shutdown"))
+            self.dispatch(self.b2bua.hangup(call, self.now(), "shutdown"))
         # let the BYEs go out and their transactions finish briefly
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._settle(), timeout=2.0)

@@ -73,7 +73,7 @@ def test_a_call_over_tcp_is_answered_on_its_connection_and_bridged_to_the_udp_pb
             pbx_ok = next(m for m in pbx.seen if isinstance(m, SipRequest) and m.method == "ACK")
             assert pbx_ok
             (call,) = proxy.b2bua.calls
-            proxy.sip._dispatch(proxy.b2bua.hangup(call, proxy.sip.now(), "test"))
+            proxy.sip.dispatch(proxy.b2bua.hangup(call, proxy.sip.now(), "test"))
             bye = await caller.expect("BYE")
             assert (bye.headers.get("Via") or "").startswith("SIP/2.0/TCP")
             await pbx.expect("BYE")
@@ -200,7 +200,7 @@ def test_many_calls_leave_no_tasks_sockets_or_state_behind() -> None:
                     else:
                         calls = proxy.b2bua.calls
                         (call,) = [c for c in calls if c.a_invite.call_id == inv.call_id]
-                        proxy.sip._dispatch(proxy.b2bua.hangup(call, proxy.sip.now(), "test"))
+                        proxy.sip.dispatch(proxy.b2bua.hangup(call, proxy.sip.now(), "test"))
                 await asyncio.sleep(0.2)
                 assert proxy.b2bua.calls == [] and proxy.relay.calls == {}
                 assert open_fds() == fds_idle

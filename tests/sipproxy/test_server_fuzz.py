@@ -112,7 +112,7 @@ def test_after_the_fuzzing_counters_add_up_and_a_call_still_works(running: Runni
     # leftovers of fuzzed INVITEs that parsed (calls set up with the fake PBX): hang up
     for call in list(running.proxy.b2bua.calls):
         running.loop.call_soon_threadsafe(
-            lambda call=call: running.proxy.sip._dispatch(
+            lambda call=call: running.proxy.sip.dispatch(
                 running.proxy.b2bua.hangup(call, running.proxy.sip.now(), "test")
             )
         )
