@@ -36,7 +36,7 @@ from control_api.hostedpage import add_hosted_page
 from control_api.panel import add_panel
 from control_api.profiles import PaymentsConfig, load_payments
 from control_api.sandbox_ua import SandboxUA
-from control_api.service import PaymentService
+from control_api.service import PaymentService, ServiceError
 from control_api.storage import Storage
 from sipproxy.app import Proxy, command_line, complain, serve, stop_on_signals
 from sipproxy.callcontrol import ProxyCallControl
@@ -134,8 +134,12 @@ class Node:
 
     def reload(self) -> None:
         """SIGHUP: read the payments section again (a bad file is logged and ignored)."""
-        with contextlib.suppress(Exception):  # logged by the service; the old config stays
+        try:
             self.service.reload_file()
+        except ValueError:
+            pass  # a bad file: the service logged every problem; the old config stays
+        except ServiceError as exc:  # no file to read (the embedded defaults run)
+            log.warning("SIGHUP ignored", reason=exc.message)
 
 
 async def run(
